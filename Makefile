@@ -1,0 +1,40 @@
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS ?= train,api,worker,cpu,dev
+
+.PHONY: install test run bench model lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first and pinned: the CPU wheel lies on this machine; an unpinned torch
+# would download a CUDA build of several GB.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+run: $(STAMP)
+	$(BIN)/python -m app
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_loss.py
+
+model: $(STAMP)
+	$(BIN)/python -m model.cli train --data shapes --preset default --out runs/default
+	$(BIN)/python -m model.cli export runs/default/best.pt models/default/model.onnx
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

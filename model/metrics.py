@@ -1,0 +1,135 @@
+"""Detection metrics: VOC average precision and mAP at an IoU threshold (NumPy, no torch).
+
+Follows the PASCAL VOC devkit (voc_eval): detections of a class sorted by
+decreasing score; each is matched to the unmatched ground truth of that class
+with the highest IoU in its image; a match needs IoU strictly greater than the
+threshold (0.5); a detection matched to a "difficult" object counts neither as
+a true nor a false positive, and difficult objects are not counted in recall.
+IoU uses continuous coordinates (no "+1" pixel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from model.boxes import box_iou
+
+
+def average_precision(recall: np.ndarray, precision: np.ndarray, *, method: str = "all") -> float:
+    """AP from a precision/recall curve (detections sorted by decreasing score).
+
+    ``method="all"``: VOC2010+ all-point interpolation, the area under the
+    monotone (right-to-left maximum) precision envelope.
+    ``method="11point"``: VOC2007, mean over recall r in {0, 0.1, ..., 1} of the
+    highest precision at recall >= r (0 where none).
+    """
+    rec = np.asarray(recall, dtype=np.float64)
+    prec = np.asarray(precision, dtype=np.float64)
+    if method == "11point":
+        ap = 0.0
+        for r in np.linspace(0.0, 1.0, 11):
+            above = prec[rec >= r]
+            ap += (above.max() if above.size else 0.0) / 11.0
+        return float(ap)
+    if method != "all":
+        raise ValueError(f"method must be 'all' or '11point', got {method!r}")
+    mrec = np.concatenate([[0.0], rec, [1.0]])
+    mpre = np.concatenate([[0.0], prec, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    i = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+
+
+@dataclass
+class ImageDetections:
+    """One image's detections: ``boxes`` ``(K, 4)`` xyxy, ``scores`` ``(K,)``, ``class_ids`` ``(K,)``."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+
+
+@dataclass
+class ImageTruth:
+    """One image's ground truth: ``boxes`` ``(M, 4)`` xyxy, ``class_ids`` ``(M,)``, ``difficult`` ``(M,)``."""
+
+    boxes: np.ndarray
+    class_ids: np.ndarray
+    difficult: np.ndarray | None = None
+
+
+@dataclass
+class MAPResult:
+    map: float  # mean of per-class AP over classes with at least one non-difficult object
+    ap: dict[int, float] = field(default_factory=dict)  # class -> AP
+    n_truth: dict[int, int] = field(default_factory=dict)  # class -> non-difficult objects
+    n_detections: dict[int, int] = field(default_factory=dict)
+
+
+def evaluate_map(
+    detections: Sequence[ImageDetections],
+    truths: Sequence[ImageTruth],
+    num_classes: int,
+    *,
+    iou_threshold: float = 0.5,
+    method: str = "all",
+) -> MAPResult:
+    """VOC-style mAP over a data set; images are paired by position."""
+    if len(detections) != len(truths):
+        raise ValueError(f"{len(detections)} detection lists for {len(truths)} images")
+    result = MAPResult(map=float("nan"))
+    aps = []
+    for c in range(num_classes):
+        gt_boxes, gt_diff, used = [], [], []
+        for t in truths:
+            m = np.asarray(t.class_ids).reshape(-1) == c
+            gt_boxes.append(np.asarray(t.boxes, dtype=np.float64).reshape(-1, 4)[m])
+            d = np.zeros(m.sum(), bool) if t.difficult is None else np.asarray(t.difficult, bool)[m]
+            gt_diff.append(d)
+            used.append(np.zeros(m.sum(), bool))
+        npos = int(sum((~d).sum() for d in gt_diff))
+        img_idx, scores, boxes = [], [], []
+        for i, d in enumerate(detections):
+            m = np.asarray(d.class_ids).reshape(-1) == c
+            k = int(m.sum())
+            img_idx.append(np.full(k, i))
+            scores.append(np.asarray(d.scores, dtype=np.float64).reshape(-1)[m])
+            boxes.append(np.asarray(d.boxes, dtype=np.float64).reshape(-1, 4)[m])
+        img_idx_a = np.concatenate(img_idx) if img_idx else np.zeros(0, int)
+        scores_a = np.concatenate(scores) if scores else np.zeros(0)
+        boxes_a = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+        result.n_truth[c] = npos
+        result.n_detections[c] = len(scores_a)
+        if npos == 0:
+            continue
+        order = np.argsort(-scores_a, kind="stable")
+        tp = np.zeros(len(order))
+        fp = np.zeros(len(order))
+        for rank, j in enumerate(order):
+            i = img_idx_a[j]
+            gts = gt_boxes[i]
+            if len(gts) == 0:
+                fp[rank] = 1
+                continue
+            ious = box_iou(boxes_a[j : j + 1], gts)[0]
+            best = int(np.argmax(ious))
+            if ious[best] > iou_threshold:
+                if gt_diff[i][best]:
+                    continue
+                if not used[i][best]:
+                    used[i][best] = True
+                    tp[rank] = 1
+                else:
+                    fp[rank] = 1
+            else:
+                fp[rank] = 1
+        tp_c, fp_c = np.cumsum(tp), np.cumsum(fp)
+        rec = tp_c / npos
+        prec = tp_c / np.maximum(tp_c + fp_c, np.finfo(np.float64).eps)
+        result.ap[c] = average_precision(rec, prec, method=method)
+        aps.append(result.ap[c])
+    result.map = float(np.mean(aps)) if aps else float("nan")
+    return result

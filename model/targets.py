@@ -1,0 +1,120 @@
+"""Label validation and assignment of objects to grid cells (NumPy, no torch).
+
+Shared by the torch loss and its NumPy twin so both assign objects the same way.
+See docs/loss.md for the conventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GridTargets:
+    """Per-cell regression targets for a batch of N images on an S x S grid."""
+
+    obj: np.ndarray  # (N, S, S) bool: the cell holds an object
+    box: np.ndarray  # (N, S, S, 4) float64: truth (cx, cy, w, h), fractions of the image
+    xy: np.ndarray  # (N, S, S, 2) float64: centre offset inside the cell
+    sqrt_wh: np.ndarray  # (N, S, S, 2) float64: sqrt(w), sqrt(h)
+    onehot: np.ndarray  # (N, S, S, C) float64
+    objects: np.ndarray  # (N,) int64: objects assigned to a cell
+    dropped: np.ndarray  # (N,) int64: objects dropped because their cell was taken
+
+
+def validate_labels(labels: Sequence[object], n_images: int, C: int) -> list[np.ndarray]:
+    """Check every label and return them as ``(k, 5)`` float64 arrays.
+
+    Each label row is ``(class_id, cx, cy, w, h)``, all box values fractions of
+    the image. Raises ``ValueError`` naming the image and label index.
+    """
+    if len(labels) != n_images:
+        raise ValueError(f"got {len(labels)} label lists for {n_images} images")
+    out: list[np.ndarray] = []
+    for i, lab in enumerate(labels):
+        if hasattr(lab, "detach"):  # a torch tensor; stay torch-free otherwise
+            lab = lab.detach().cpu().numpy()
+        arr = np.asarray(lab, dtype=np.float64)
+        if arr.size == 0:
+            out.append(np.zeros((0, 5)))
+            continue
+        if arr.ndim != 2 or arr.shape[1] != 5:
+            raise ValueError(
+                f"image {i}: labels must have shape (k, 5) as (class_id, cx, cy, w, h), "
+                f"got {arr.shape}"
+            )
+        _check_rows(arr, i, C)
+        out.append(arr)
+    return out
+
+
+def _check_rows(arr: np.ndarray, i: int, C: int) -> None:
+    """Vectorised checks of one image's ``(k, 5)`` labels; the first bad row raises."""
+    c, cx, cy, w, h = arr.T
+    with np.errstate(invalid="ignore"):
+        checks = [
+            (~np.isfinite(arr).all(1), lambda r: f"non-finite value in {r.tolist()}"),
+            (
+                (c != np.floor(c)) | (c < 0) | (c >= C),
+                lambda r: f"class_id {r[0]:g} is not an integer in [0, {C})",
+            ),
+            (
+                (cx < 0) | (cx > 1) | (cy < 0) | (cy > 1),
+                lambda r: f"centre ({r[1]:g}, {r[2]:g}) is outside [0, 1]",
+            ),
+            (
+                (w <= 0) | (w > 1) | (h <= 0) | (h > 1),
+                lambda r: f"width/height ({r[3]:g}, {r[4]:g}) must be in (0, 1]",
+            ),
+        ]
+    bad = np.zeros(len(arr), dtype=bool)
+    for mask, _ in checks:
+        bad |= mask
+    if not bad.any():
+        return
+    j = int(np.argmax(bad))
+    for mask, message in checks:
+        if mask[j]:
+            raise ValueError(f"image {i}, label {j}: {message(arr[j])}")
+
+
+def build_targets(labels: Sequence[object], n_images: int, S: int, C: int) -> GridTargets:
+    """Validate ``labels`` and assign each object to the cell holding its centre.
+
+    ``row = min(floor(cy * S), S - 1)``, ``col = min(floor(cx * S), S - 1)``;
+    when several objects share a cell the first listed wins and the rest are
+    counted in ``dropped``.
+    """
+    arrays = validate_labels(labels, n_images, C)
+    N = n_images
+    obj = np.zeros((N, S, S), dtype=bool)
+    box = np.zeros((N, S, S, 4))
+    onehot = np.zeros((N, S, S, C))
+    objects = np.zeros(N, dtype=np.int64)
+    dropped = np.zeros(N, dtype=np.int64)
+    counts = np.array([len(a) for a in arrays])
+    if counts.sum():
+        allrows = np.concatenate(arrays)  # (K, 5)
+        img = np.repeat(np.arange(N), counts)  # (K,)
+        col = np.minimum(np.floor(allrows[:, 1] * S), S - 1).astype(np.int64)
+        row = np.minimum(np.floor(allrows[:, 2] * S), S - 1).astype(np.int64)
+        key = (img * S + row) * S + col
+        # np.unique returns the first occurrence of each key: the first listed wins.
+        _, first = np.unique(key, return_index=True)
+        kept = np.zeros(len(key), dtype=bool)
+        kept[first] = True
+        i, r, c, lab = img[kept], row[kept], col[kept], allrows[kept]
+        obj[i, r, c] = True
+        box[i, r, c] = lab[:, 1:5]
+        onehot[i, r, c, lab[:, 0].astype(np.int64)] = 1.0
+        objects = np.bincount(i, minlength=N).astype(np.int64)
+        dropped = counts - objects
+    cols = np.arange(S)[None, None, :]
+    rows = np.arange(S)[None, :, None]
+    xy = np.stack([box[..., 0] * S - cols, box[..., 1] * S - rows], axis=-1)
+    xy = np.where(obj[..., None], xy, 0.0)
+    sqrt_wh = np.sqrt(box[..., 2:4])
+    return GridTargets(obj, box, xy, sqrt_wh, onehot, objects, dropped)
