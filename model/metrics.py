@@ -45,7 +45,8 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, *, method: str 
 
 @dataclass
 class ImageDetections:
-    """One image's detections: ``boxes`` ``(K, 4)`` xyxy, ``scores`` ``(K,)``, ``class_ids`` ``(K,)``."""
+    """One image's detections: ``boxes`` ``(K, 4)`` xyxy, ``scores`` ``(K,)``,
+    ``class_ids`` ``(K,)``."""
 
     boxes: np.ndarray
     scores: np.ndarray
@@ -54,7 +55,8 @@ class ImageDetections:
 
 @dataclass
 class ImageTruth:
-    """One image's ground truth: ``boxes`` ``(M, 4)`` xyxy, ``class_ids`` ``(M,)``, ``difficult`` ``(M,)``."""
+    """One image's ground truth: ``boxes`` ``(M, 4)`` xyxy, ``class_ids`` ``(M,)``,
+    ``difficult`` ``(M,)`` (None: none is difficult)."""
 
     boxes: np.ndarray
     class_ids: np.ndarray

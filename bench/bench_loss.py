@@ -1,0 +1,63 @@
+"""Loss benchmark: torch forward+backward, NumPy forward and the brute-force
+reference, batch 64, S=7, B=2, C=20, timed in the same run."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model.loss import yolo_loss  # noqa: E402
+from model.loss_numpy import yolo_loss_numpy  # noqa: E402
+from tests.reference_loss import reference_loss  # noqa: E402
+
+log = logging.getLogger("bench.loss")
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    S, B, C, N = 7, 2, 20, 64
+    rng = np.random.default_rng(0)
+    pred = rng.normal(0.3, 0.5, size=(N, S, S, 5 * B + C)).astype(np.float32)
+    labels = []
+    for _ in range(N):
+        k = rng.integers(0, 7)
+        lab = np.column_stack(
+            [rng.integers(0, C, k), rng.uniform(0, 1, (k, 2)), rng.uniform(0.05, 0.9, (k, 2))]
+        )
+        labels.append(lab)
+    tlabels = [torch.tensor(lab, dtype=torch.float32) for lab in labels]
+    tpred = torch.tensor(pred)
+
+    def torch_fwd_bwd() -> None:
+        p = tpred.clone().requires_grad_(True)
+        yolo_loss(p, tlabels).total.backward()
+
+    t_torch = best_of(torch_fwd_bwd, 30)
+    t_np = best_of(lambda: yolo_loss_numpy(pred, labels), 30)
+    pred_l, labels_l = pred.tolist(), [lab.tolist() for lab in labels]
+    t_ref = best_of(lambda: reference_loss(pred_l, labels_l, S, B, C), 3)
+    log.info("loss, batch %d, S=%d B=%d C=%d (best of repeated runs)", N, S, B, C)
+    log.info("brute-force reference forward : %8.2f ms  (1.00x)", t_ref * 1e3)
+    log.info(
+        "torch forward+backward        : %8.2f ms  (%.1fx faster)", t_torch * 1e3, t_ref / t_torch
+    )
+    log.info("numpy forward                 : %8.2f ms  (%.1fx faster)", t_np * 1e3, t_ref / t_np)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Box ops and VOC mAP against hand-worked cases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from model.boxes import (
+    batched_nms,
+    box_iou,
+    cxcywh_to_xyxy,
+    decode_predictions,
+    nms,
+    xyxy_to_cxcywh,
+)
+from model.metrics import ImageDetections, ImageTruth, average_precision, evaluate_map
+
+
+def test_conversions_round_trip_and_empty():
+    b = np.array([[0.5, 0.5, 0.2, 0.4], [0.1, 0.9, 0.2, 0.2]])
+    assert np.allclose(cxcywh_to_xyxy(b), [[0.4, 0.3, 0.6, 0.7], [0.0, 0.8, 0.2, 1.0]])
+    assert np.allclose(xyxy_to_cxcywh(cxcywh_to_xyxy(b)), b)
+    assert cxcywh_to_xyxy(np.zeros((0, 4))).shape == (0, 4)
+    assert box_iou(np.zeros((0, 4)), b).shape == (0, 2)
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
+    assert batched_nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0), 0.5).shape == (0,)
+
+
+def test_iou_hand_values():
+    a = np.array([[0, 0, 2, 2]])
+    b = np.array([[1, 1, 3, 3], [0, 0, 2, 2], [5, 5, 6, 6], [0, 0, 0, 0]])
+    assert np.allclose(box_iou(a, b), [[1 / 7, 1.0, 0.0, 0.0]])
+
+
+def test_nms_and_classwise():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 10]])
+    scores = np.array([0.9, 0.8, 0.7, 0.95])
+    assert list(nms(boxes, scores, 0.5)) == [3, 2]
+    assert list(batched_nms(boxes, scores, np.array([0, 0, 0, 1]), 0.5)) == [3, 0, 2]
+
+
+def test_decode_predictions_places_box_and_scores():
+    S, B, C = 7, 2, 3
+    pred = np.zeros((S, S, 5 * B + C), dtype=np.float32)
+    # predictor 1 of cell (row 2, col 4): centre ((4 + 0.5)/7, (2 + 0.25)/7), size 0.3^2 x 0.4^2
+    pred[2, 4, 5:10] = [0.5, 0.25, 0.3, 0.4, 0.8]
+    pred[2, 4, 10:] = [0.1, 0.9, 0.0]
+    out = decode_predictions(pred, S=S, B=B, C=C, conf_threshold=0.2)
+    assert out["class_ids"].tolist() == [1]
+    assert out["scores"][0] == pytest.approx(0.72)
+    cx, cy, w, h = 4.5 / 7, 2.25 / 7, 0.09, 0.16
+    assert np.allclose(out["boxes"][0], [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], atol=1e-6)
+    assert len(decode_predictions(pred, S=S, B=B, C=C, conf_threshold=0.8)["scores"]) == 0
+    assert len(decode_predictions(pred, S=S, B=B, C=C, classes=[0, 2])["scores"]) == 0
+
+
+def test_ap_all_point_vs_11_point():
+    """Two objects, three detections by score: TP, FP, TP.
+    recall = [0.5, 0.5, 1.0], precision = [1, 0.5, 2/3].
+    All-point: envelope is 1 on (0, 0.5], 2/3 on (0.5, 1] -> 0.5 + 1/3 = 0.8333.
+    11-point: recall >= 0..0.5 (6 points) -> max precision 1; 0.6..1.0 (5 points)
+    -> 2/3; AP = (6 + 5 * 2/3) / 11 = 0.8485."""
+    rec = np.array([0.5, 0.5, 1.0])
+    prec = np.array([1.0, 0.5, 2 / 3])
+    assert average_precision(rec, prec) == pytest.approx(0.5 + 1 / 3)
+    assert average_precision(rec, prec, method="11point") == pytest.approx((6 + 5 * 2 / 3) / 11)
+
+
+def test_evaluate_map_hand_case_with_difficult_and_duplicates():
+    truths = [
+        ImageTruth(
+            np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), np.array([0, 0]), np.array([False, True])
+        ),
+        ImageTruth(np.array([[0, 0, 10, 10]]), np.array([1])),
+    ]
+    dets = [
+        # class 0: exact hit (TP), a duplicate of it (FP), a hit on the difficult object (ignored)
+        ImageDetections(
+            np.array([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]]),
+            np.array([0.9, 0.8, 0.95]),
+            np.array([0, 0, 0]),
+        ),
+        # class 1: a box with IoU 0.25 (a miss) scored above the real hit
+        ImageDetections(
+            np.array([[0, 0, 5, 5], [0, 0, 10, 10]]), np.array([0.9, 0.5]), np.array([1, 1])
+        ),
+    ]
+    r = evaluate_map(dets, truths, num_classes=3)
+    # class 0: npos = 1; TP at rank 1 -> AP 1. class 1: FP then TP -> recall 1 at precision 0.5.
+    assert r.ap[0] == pytest.approx(1.0)
+    assert r.ap[1] == pytest.approx(0.5)
+    assert 2 not in r.ap  # no ground truth: left out of the mean
+    assert r.map == pytest.approx(0.75)
+    assert r.n_truth == {0: 1, 1: 1, 2: 0}
+
+
+def test_iou_exactly_half_is_not_a_match():
+    # IoU of [0,0,10,10] and [0,0,10,5] is 0.5: the devkit needs IoU > 0.5.
+    truths = [ImageTruth(np.array([[0, 0, 10, 10]]), np.array([0]))]
+    dets = [ImageDetections(np.array([[0, 0, 10, 5]]), np.array([0.9]), np.array([0]))]
+    assert evaluate_map(dets, truths, 1).map == 0.0
+
+
+def test_numpy_modules_do_not_import_torch():
+    code = (
+        "import sys, model.boxes, model.metrics, model.loss_numpy, model.layout, model.targets\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
