@@ -1,0 +1,250 @@
+"""``yolov1``: info, train, export, detect, val and make-shapes from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("yolov1")
+
+# The default model's recipe (`make model`): a tiny network on generated shapes.
+PRESETS = {
+    "default": dict(
+        arch="tiny-yolov1", input_size=224, width=32, head_activation="sigmoid",
+        train_images=8000, val_images=500, epochs=25, batch_size=32,
+        optimizer="adamw", learning_rate=1e-3, weight_decay=5e-4,
+    ),
+    "smoke": dict(
+        arch="tiny-yolov1", input_size=64, width=8, head_activation="sigmoid", S=2,
+        train_images=32, val_images=16, epochs=1, batch_size=16,
+        optimizer="adamw", learning_rate=1e-3, weight_decay=5e-4,
+    ),
+}  # fmt: skip
+
+DATA_SEED_TRAIN, DATA_SEED_VAL, DATA_SEED_TEST = 1, 2, 3
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    import torch
+
+    from model.config import ModelConfig
+    from model.networks import build_model, count_macs
+
+    size = args.input_size or (224 if args.arch == "tiny-yolov1" else 448)
+    cfg = ModelConfig(arch=args.arch, input_size=size, S=args.S, B=args.B, C=args.C)
+    with torch.device("meta"):
+        model = build_model(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    macs = count_macs(model, size)
+    print(f"{args.arch}: input {size}x{size}, S={cfg.S} B={cfg.B} C={cfg.C}")
+    print(f"parameters {params:,}")
+    print(f"MACs per image {macs:,} ({macs / 1e9:.2f} G)")
+
+
+def _load_split(args: argparse.Namespace, size: int):
+    from model.data import read_dataset, shapes_dataset, to_arrays
+
+    if args.data == "shapes":
+        tr = shapes_dataset(args.train_images, DATA_SEED_TRAIN + args.seed * 1000)
+        va = shapes_dataset(args.val_images, DATA_SEED_VAL + args.seed * 1000)
+    else:
+        import numpy as np
+
+        ds = read_dataset(args.data, args.format)
+        for s in ds.skipped:
+            log.warning("skipped %s", s)
+        order = np.random.default_rng(args.seed).permutation(len(ds))
+        n_val = max(1, int(len(ds) * args.val_fraction))
+        from model.data import DetectionDataset
+
+        va = DetectionDataset(ds.class_names, [ds.records[i] for i in order[:n_val]])
+        tr = DetectionDataset(ds.class_names, [ds.records[i] for i in order[n_val:]])
+    Xtr, Ltr = to_arrays(tr, size)
+    Xva, Lva = to_arrays(va, size)
+    return tr.class_names, Xtr, Ltr, Xva, Lva
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from model.config import ModelConfig
+    from model.train import TrainConfig, train
+
+    preset = dict(PRESETS[args.preset])
+    for key in ("epochs", "batch_size", "learning_rate", "optimizer", "train_images",
+                "val_images", "input_size", "arch"):  # fmt: skip
+        if getattr(args, key, None) is not None:
+            preset[key] = getattr(args, key)
+    args.train_images, args.val_images = preset["train_images"], preset["val_images"]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    names, Xtr, Ltr, Xva, Lva = _load_split(args, preset["input_size"])
+    cfg = ModelConfig(
+        arch=preset["arch"], input_size=preset["input_size"], S=preset.get("S", 7), B=2,
+        C=len(names), class_names=names, head_activation=preset["head_activation"],
+        width=preset["width"],
+    )  # fmt: skip
+    tc = TrainConfig(
+        epochs=preset["epochs"], batch_size=preset["batch_size"], optimizer=preset["optimizer"],
+        learning_rate=preset["learning_rate"], weight_decay=preset["weight_decay"],
+        seed=args.seed, amp=not args.no_amp,
+    )  # fmt: skip
+    log.info("training %s on %d images (%d validation)", cfg.arch, len(Xtr), len(Xva))
+    bar = tqdm(total=tc.epochs * -(-len(Xtr) // tc.batch_size), disable=not sys.stderr.isatty())
+
+    def progress(p: dict) -> None:
+        if "terms" in p:
+            bar.update(1)
+            bar.set_postfix(epoch=p["epoch"], loss=f"{p['loss']:.3f}")
+
+    result = train(cfg, tc, Xtr, Ltr, Xva, Lva, args.out, resume=args.resume, progress=progress)
+    bar.close()
+    print(f"best val mAP@0.5 {result.best_map:.4f}  checkpoint {result.best_checkpoint}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from model.data import shapes_dataset, to_arrays
+    from model.export import export_onnx, load_checkpoint, slim_checkpoint
+
+    model, _ = load_checkpoint(args.checkpoint)
+    real, _ = to_arrays(shapes_dataset(4, 12345), model.cfg.input_size)
+    meta = export_onnx(args.checkpoint, args.out, real_images=real)
+    if args.slim_checkpoint:
+        slim_checkpoint(args.checkpoint, args.slim_checkpoint)
+    print(f"wrote {args.out} (max |onnx - torch| {meta['export']['max_abs_diff_vs_torch']:.2e})")
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    from model.infer import OnnxDetector, draw_detections
+    from model.preprocess import decode_image
+
+    det = OnnxDetector(args.model)
+    img = decode_image(Path(args.image).read_bytes())
+    found = det.detect([img], conf_threshold=args.conf, iou_threshold=args.iou)[0]
+    for d in found:
+        print(f"{d.class_name:10s} {d.confidence:.3f} " + " ".join(f"{v:.1f}" for v in d.box))
+    if args.output:
+        draw_detections(img, found).save(args.output)
+
+
+def evaluate_onnx(model_path: str, ds, *, batch_size: int = 32):
+    """VOC all-point mAP@0.5 of an ONNX model on a data set (no torch)."""
+    import numpy as np
+
+    from model.boxes import cxcywh_to_xyxy
+    from model.data import load_image
+    from model.infer import OnnxDetector
+    from model.metrics import ImageDetections, ImageTruth, evaluate_map
+
+    det = OnnxDetector(model_path)
+    if det.cfg.class_names != ds.class_names:
+        raise SystemExit(f"model classes {det.cfg.class_names} != data {ds.class_names}")
+    dets, truths = [], []
+    for start in range(0, len(ds), batch_size):
+        recs = ds.records[start : start + batch_size]
+        grids = det.run(np.stack([det.preprocess(load_image(r)) for r in recs]))
+        for g, r in zip(grids, recs, strict=True):
+            found = det.postprocess(g, 1, 1, conf_threshold=0.01, max_detections=100)
+            dets.append(ImageDetections(np.array([d.box for d in found]).reshape(-1, 4),
+                                        np.array([d.confidence for d in found]),
+                                        np.array([d.class_id for d in found])))  # fmt: skip
+            truths.append(ImageTruth(cxcywh_to_xyxy(r.labels[:, 1:]),
+                                     r.labels[:, 0].astype(int), r.difficult))  # fmt: skip
+    return evaluate_map(dets, truths, len(ds.class_names))
+
+
+def cmd_val(args: argparse.Namespace) -> None:
+    from model.data import read_dataset, shapes_dataset
+
+    if args.data == "shapes":
+        ds = shapes_dataset(args.images, DATA_SEED_TEST)
+    else:
+        ds = read_dataset(args.data, args.format)
+        for s in ds.skipped:
+            log.warning("skipped %s", s)
+    r = evaluate_onnx(args.model, ds)
+    for c, name in enumerate(ds.class_names):
+        ap = r.ap.get(c)
+        print(f"{name:15s} AP@0.5 {'n/a' if ap is None else f'{ap:.4f}'}  "
+              f"objects {r.n_truth[c]}")  # fmt: skip
+    print(f"mAP@0.5 {r.map:.4f}")
+
+
+def cmd_make_shapes(args: argparse.Namespace) -> None:
+    from model.shapes import write_yolo_dataset
+
+    write_yolo_dataset(args.out, args.images, args.seed)
+    print(json.dumps({"out": args.out, "images": args.images, "seed": args.seed}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="yolov1", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="parameters and MACs of an architecture")
+    s.add_argument("arch", choices=["yolov1", "fast-yolov1", "tiny-yolov1"])
+    s.add_argument("--input-size", type=int)
+    s.add_argument("--S", type=int, default=7)
+    s.add_argument("--B", type=int, default=2)
+    s.add_argument("--C", type=int, default=20)
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("train", help="train a detector")
+    s.add_argument("--data", required=True, help="a data set folder, or 'shapes'")
+    s.add_argument("--format", choices=["yolo", "voc", "coco"], default="yolo")
+    s.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    s.add_argument("--out", default="runs/train")
+    s.add_argument("--arch", choices=["yolov1", "fast-yolov1", "tiny-yolov1"])
+    s.add_argument("--input-size", type=int)
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--learning-rate", type=float)
+    s.add_argument("--optimizer", choices=["sgd", "adamw"])
+    s.add_argument("--train-images", type=int, help="shapes only")
+    s.add_argument("--val-images", type=int, help="shapes only")
+    s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resume", help="a last.pt to continue from")
+    s.add_argument("--no-amp", action="store_true", help="plain fp32")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("export", help="checkpoint -> verified ONNX + sidecar JSON")
+    s.add_argument("checkpoint")
+    s.add_argument("out")
+    s.add_argument("--slim-checkpoint", help="also write weights+config only to this path")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("detect", help="detect objects in an image")
+    s.add_argument("model")
+    s.add_argument("image")
+    s.add_argument("-o", "--output", help="write the image with boxes drawn (PNG)")
+    s.add_argument("--conf", type=float, default=0.2)
+    s.add_argument("--iou", type=float, default=0.5)
+    s.set_defaults(func=cmd_detect)
+
+    s = sub.add_parser("val", help="per-class AP and mAP@0.5 of an ONNX model")
+    s.add_argument("model")
+    s.add_argument("--data", required=True, help="a data set folder, or 'shapes' (held-out)")
+    s.add_argument("--format", choices=["yolo", "voc", "coco"], default="yolo")
+    s.add_argument("--images", type=int, default=500, help="shapes only")
+    s.set_defaults(func=cmd_val)
+
+    s = sub.add_parser("make-shapes", help="write a shapes data set in YOLO format")
+    s.add_argument("out")
+    s.add_argument("--images", type=int, default=100)
+    s.add_argument("--seed", type=int, default=DATA_SEED_TEST)
+    s.set_defaults(func=cmd_make_shapes)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

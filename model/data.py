@@ -1,0 +1,263 @@
+"""Detection data sets: YOLO txt, Pascal VOC XML, COCO JSON and the synthetic shapes
+(NumPy + Pillow, no torch).
+
+Every reader returns a :class:`DetectionDataset` of records with labels as
+``(k, 5)`` arrays ``(class_id, cx, cy, w, h)`` in fractions of the image, and
+a list of what it skipped and why; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from model.preprocess import resize_uint8
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class Record:
+    image_path: Path | None
+    labels: np.ndarray  # (k, 5): class_id, cx, cy, w, h (fractions of the image)
+    difficult: np.ndarray  # (k,) bool
+    size: tuple[int, int] = (0, 0)  # (width, height) in pixels, when known
+    image: Image.Image | None = None  # in-memory images (the shapes generator)
+
+
+@dataclass
+class DetectionDataset:
+    class_names: list[str]
+    records: list[Record]
+    skipped: list[str] = field(default_factory=list)  # "where: why"
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def summary(self) -> dict:
+        counts = np.zeros(len(self.class_names), dtype=int)
+        for r in self.records:
+            np.add.at(counts, r.labels[:, 0].astype(int), 1)
+        return {
+            "images": len(self.records),
+            "boxes": int(counts.sum()),
+            "boxes_per_class": dict(zip(self.class_names, counts.tolist(), strict=True)),
+            "skipped": list(self.skipped),
+        }
+
+
+def _box_to_label(cls: int, x1: float, y1: float, x2: float, y2: float, W: int, H: int):
+    return [cls, (x1 + x2) / 2 / W, (y1 + y2) / 2 / H, (x2 - x1) / W, (y2 - y1) / H]
+
+
+def _finish(class_names, records, skipped) -> DetectionDataset:
+    return DetectionDataset(list(class_names), records, skipped)
+
+
+def _labels_array(rows: list) -> np.ndarray:
+    return np.array(rows, dtype=np.float64).reshape(-1, 5)
+
+
+def read_yolo(root: str | Path) -> DetectionDataset:
+    """``images/`` and ``labels/`` (one ``class cx cy w h`` line per box, fractions);
+    class names from ``data.yaml`` (``names``: a list or an index->name map) or ``classes.txt``."""
+    root = Path(root)
+    if (root / "data.yaml").exists():
+        names = yaml.safe_load((root / "data.yaml").read_text()).get("names")
+        if isinstance(names, dict):
+            names = [names[k] for k in sorted(names, key=int)]
+    elif (root / "classes.txt").exists():
+        names = [n.strip() for n in (root / "classes.txt").read_text().splitlines() if n.strip()]
+    else:
+        raise ValueError(f"{root}: no data.yaml or classes.txt with the class names")
+    if not names:
+        raise ValueError(f"{root}: no class names")
+    C = len(names)
+    records, skipped = [], []
+    label_dir = root / "labels"
+    images = sorted(p for p in (root / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    for img_path in images:
+        rel = img_path.relative_to(root / "images")
+        lab_path = (label_dir / rel).with_suffix(".txt")
+        rows = []
+        if lab_path.exists():
+            for n, line in enumerate(lab_path.read_text().splitlines(), 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                where = f"{lab_path.relative_to(root)}:{n}"
+                try:
+                    c, cx, cy, w, h = (float(v) for v in parts[:5])
+                    if len(parts) != 5:
+                        raise ValueError
+                except ValueError:
+                    skipped.append(f"{where}: not 'class cx cy w h'")
+                    continue
+                if c != int(c) or not 0 <= c < C:
+                    skipped.append(f"{where}: unknown class {parts[0]}")
+                elif not (0 <= cx <= 1 and 0 <= cy <= 1 and 0 < w <= 1 and 0 < h <= 1):
+                    skipped.append(f"{where}: box outside the image")
+                else:
+                    rows.append([int(c), cx, cy, w, h])
+        try:
+            with Image.open(img_path) as im:
+                size = im.size
+        except Exception:
+            skipped.append(f"{img_path.relative_to(root)}: unreadable image")
+            continue
+        records.append(Record(img_path, _labels_array(rows), np.zeros(len(rows), bool), size))
+    for lab_path in sorted(label_dir.rglob("*.txt")) if label_dir.exists() else []:
+        stem = lab_path.relative_to(label_dir).with_suffix("")
+        if not any((root / "images" / stem).with_suffix(s).exists() for s in IMAGE_SUFFIXES):
+            skipped.append(f"{lab_path.relative_to(root)}: missing image")
+    return _finish(names, records, skipped)
+
+
+def read_voc(root: str | Path, split: str | None = None, class_names: list[str] | None = None):
+    """Pascal VOC: ``Annotations/*.xml``, ``JPEGImages/``, optional
+    ``ImageSets/Main/<split>.txt``. Pixel boxes (1-based, inclusive, as VOC writes
+    them) become fractions; ``difficult`` flags are kept for evaluation."""
+    root = Path(root)
+    ann_dir = root / "Annotations"
+    if split and (root / "ImageSets" / "Main" / f"{split}.txt").exists():
+        ids = (root / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+        xmls = [ann_dir / f"{i}.xml" for i in ids]
+    else:
+        xmls = sorted(ann_dir.glob("*.xml"))
+    parsed, skipped = [], []
+    for x in xmls:
+        try:
+            parsed.append((x, ET.parse(x).getroot()))
+        except (ET.ParseError, FileNotFoundError) as exc:
+            skipped.append(f"{x.relative_to(root)}: unreadable annotation ({exc})")
+    if class_names is None:
+        class_names = sorted({o.findtext("name", "").strip() for _, r in parsed
+                              for o in r.iter("object")} - {""})  # fmt: skip
+    index = {n: i for i, n in enumerate(class_names)}
+    records = []
+    for x, r in parsed:
+        fname = r.findtext("filename") or f"{x.stem}.jpg"
+        img_path = root / "JPEGImages" / fname
+        if not img_path.exists():
+            skipped.append(f"{x.relative_to(root)}: missing image {fname}")
+            continue
+        size = r.find("size")
+        try:
+            W, H = int(size.findtext("width")), int(size.findtext("height"))
+        except (AttributeError, TypeError, ValueError):
+            with Image.open(img_path) as im:
+                W, H = im.size
+        rows, diff = [], []
+        for k, o in enumerate(r.iter("object")):
+            name = o.findtext("name", "").strip()
+            where = f"{x.relative_to(root)} object {k}"
+            if name not in index:
+                skipped.append(f"{where}: unknown class {name!r}")
+                continue
+            bb = o.find("bndbox")
+            try:
+                x1, y1, x2, y2 = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
+            except (AttributeError, TypeError, ValueError):
+                skipped.append(f"{where}: no valid bndbox")
+                continue
+            x1, y1 = x1 - 1, y1 - 1  # VOC pixels are 1-based and inclusive
+            if not (0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H):
+                skipped.append(f"{where}: box outside the image")
+                continue
+            rows.append(_box_to_label(index[name], x1, y1, x2, y2, W, H))
+            diff.append(o.findtext("difficult", "0").strip() == "1")
+        records.append(Record(img_path, _labels_array(rows), np.array(diff, bool), (W, H)))
+    return _finish(class_names, records, skipped)
+
+
+def read_coco(annotation_file: str | Path, image_dir: str | Path | None = None):
+    """COCO JSON (``images``, ``annotations`` with ``bbox`` = x, y, w, h in pixels,
+    ``categories``). Crowd annotations are kept as difficult."""
+    annotation_file = Path(annotation_file)
+    image_dir = Path(image_dir) if image_dir else annotation_file.parent / "images"
+    try:
+        doc = json.loads(annotation_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{annotation_file}: not a readable COCO JSON file ({exc})") from exc
+    cats = sorted(doc.get("categories", []), key=lambda c: c["id"])
+    class_names = [c["name"] for c in cats]
+    index = {c["id"]: i for i, c in enumerate(cats)}
+    by_image: dict[int, list] = {}
+    for a in doc.get("annotations", []):
+        by_image.setdefault(a.get("image_id"), []).append(a)
+    records, skipped = [], []
+    for im in doc.get("images", []):
+        path = image_dir / im["file_name"]
+        if not path.exists():
+            skipped.append(f"image {im['file_name']}: missing image")
+            continue
+        W, H = int(im["width"]), int(im["height"])
+        rows, diff = [], []
+        for a in by_image.get(im["id"], []):
+            where = f"annotation {a.get('id')}"
+            if a.get("category_id") not in index:
+                skipped.append(f"{where}: unknown class {a.get('category_id')}")
+                continue
+            x, y, w, h = (float(v) for v in a["bbox"])
+            if not (w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= W and y + h <= H):
+                skipped.append(f"{where}: box outside the image")
+                continue
+            rows.append(_box_to_label(index[a["category_id"]], x, y, x + w, y + h, W, H))
+            diff.append(bool(a.get("iscrowd", 0)))
+        records.append(Record(path, _labels_array(rows), np.array(diff, bool), (W, H)))
+    known = {im["id"] for im in doc.get("images", [])}
+    for image_id in by_image.keys() - known:
+        skipped.append(f"annotations for image id {image_id}: no such image")
+    return _finish(class_names, records, skipped)
+
+
+def read_dataset(path: str | Path, fmt: str) -> DetectionDataset:
+    """Read a data set folder in ``fmt`` ("yolo", "voc" or "coco")."""
+    path = Path(path)
+    if fmt == "yolo":
+        return read_yolo(path)
+    if fmt == "voc":
+        return read_voc(path)
+    if fmt == "coco":
+        ann = path if path.is_file() else next(iter(sorted(path.glob("*.json"))), None)
+        if ann is None:
+            raise ValueError(f"{path}: no COCO annotation JSON file")
+        return read_coco(ann, None if path.is_file() else path / "images")
+    raise ValueError(f"unknown data set format {fmt!r}; use yolo, voc or coco")
+
+
+def shapes_dataset(n: int, seed: int) -> DetectionDataset:
+    """``n`` generated shapes images, in memory; the same seed gives the same set."""
+    from model.shapes import CLASS_NAMES, make_sample, sample_seed
+
+    with ThreadPoolExecutor(2) as pool:
+        samples = list(pool.map(make_sample, (sample_seed(seed, i) for i in range(n))))
+    records = [
+        Record(None, s.labels, np.zeros(len(s.labels), bool), s.image.size, s.image)
+        for s in samples
+    ]
+    return DetectionDataset(list(CLASS_NAMES), records)
+
+
+def load_image(record: Record) -> Image.Image:
+    if record.image is not None:
+        return record.image
+    with Image.open(record.image_path) as im:
+        from PIL import ImageOps
+
+        return ImageOps.exif_transpose(im).convert("RGB")
+
+
+def to_arrays(ds: DetectionDataset, size: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Resize every image to ``(size, size)``: ``(N, size, size, 3)`` uint8 and the labels."""
+    with ThreadPoolExecutor(2) as pool:
+        imgs = list(pool.map(lambda r: resize_uint8(load_image(r), size), ds.records))
+    images = np.stack(imgs) if imgs else np.zeros((0, size, size, 3), np.uint8)
+    return images, [r.labels for r in ds.records]

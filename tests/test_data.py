@@ -1,0 +1,173 @@
+"""Readers on small fixtures written by the tests, the shapes generator, augmentation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from model.augment import hflip, hsv_jitter, scale_translate
+from model.data import read_coco, read_dataset, read_voc, read_yolo, shapes_dataset
+from model.shapes import CLASS_NAMES, make_sample, sample_seed
+
+
+def _img(path, size=(100, 50)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (10, 20, 30)).save(path)
+
+
+def test_yolo_reader_reports_what_it_skips(tmp_path):
+    (tmp_path / "data.yaml").write_text("names:\n  0: cat\n  1: dog\n")
+    _img(tmp_path / "images" / "a.jpg")
+    _img(tmp_path / "images" / "b.png")
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text(
+        "0 0.5 0.5 0.2 0.4\n"
+        "7 0.5 0.5 0.2 0.2\n"  # unknown class
+        "1 1.5 0.5 0.2 0.2\n"  # outside
+        "1 0.5 nonsense\n"  # unparsable
+        "1 0.25 0.75 0.1 0.1\n"
+    )
+    (tmp_path / "labels" / "orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    ds = read_yolo(tmp_path)
+    assert ds.class_names == ["cat", "dog"]
+    assert len(ds) == 2
+    a = next(r for r in ds.records if r.image_path.name == "a.jpg")
+    assert a.labels.tolist() == [[0, 0.5, 0.5, 0.2, 0.4], [1, 0.25, 0.75, 0.1, 0.1]]
+    assert a.size == (100, 50)
+    text = "\n".join(ds.skipped)
+    assert "a.txt:2: unknown class 7" in text
+    assert "a.txt:3: box outside the image" in text
+    assert "a.txt:4: not 'class cx cy w h'" in text
+    assert "broken.jpg: unreadable image" in text
+    assert "orphan.txt: missing image" in text
+
+
+def test_yolo_reader_classes_txt_and_list_names(tmp_path):
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    _img(tmp_path / "images" / "x.jpg")
+    assert read_yolo(tmp_path).class_names == ["a", "b"]
+    (tmp_path / "data.yaml").write_text("names: [p, q, r]\n")
+    assert read_yolo(tmp_path).class_names == ["p", "q", "r"]
+
+
+def test_voc_reader(tmp_path):
+    _img(tmp_path / "JPEGImages" / "1.jpg", (200, 100))
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "Annotations" / "1.xml").write_text(
+        """<annotation><filename>1.jpg</filename><size><width>200</width><height>100</height>
+        </size>
+        <object><name>dog</name><difficult>1</difficult>
+          <bndbox><xmin>21</xmin><ymin>11</ymin><xmax>60</xmax><ymax>50</ymax></bndbox></object>
+        <object><name>cat</name><difficult>0</difficult>
+          <bndbox><xmin>1</xmin><ymin>1</ymin><xmax>200</xmax><ymax>100</ymax></bndbox></object>
+        <object><name>dog</name>
+          <bndbox><xmin>150</xmin><ymin>50</ymin><xmax>260</xmax><ymax>90</ymax></bndbox></object>
+        </annotation>"""
+    )
+    (tmp_path / "Annotations" / "2.xml").write_text("<annotation><filename>2.jpg</filename>")
+    (tmp_path / "Annotations" / "3.xml").write_text(
+        "<annotation><filename>3.jpg</filename></annotation>"
+    )
+    ds = read_voc(tmp_path, class_names=["cat", "dog"])
+    assert len(ds) == 1
+    r = ds.records[0]
+    assert r.difficult.tolist() == [True, False]
+    assert np.allclose(r.labels[0], [1, 40 / 200, 30 / 100, 40 / 200, 40 / 100])
+    assert np.allclose(r.labels[1], [0, 0.5, 0.5, 1.0, 1.0])
+    text = "\n".join(ds.skipped)
+    assert "1.xml object 2: box outside the image" in text
+    assert "2.xml: unreadable annotation" in text
+    assert "3.xml: missing image 3.jpg" in text
+
+
+def test_coco_reader(tmp_path):
+    _img(tmp_path / "images" / "a.jpg", (100, 100))
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100},
+                   {"id": 2, "file_name": "gone.jpg", "width": 10, "height": 10}],
+        "categories": [{"id": 5, "name": "x"}, {"id": 9, "name": "y"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 9, "bbox": [10, 20, 30, 40]},
+            {"id": 2, "image_id": 1, "category_id": 3, "bbox": [0, 0, 5, 5]},
+            {"id": 3, "image_id": 1, "category_id": 5, "bbox": [90, 90, 20, 20]},
+            {"id": 4, "image_id": 1, "category_id": 5, "bbox": [0, 0, 50, 50], "iscrowd": 1},
+        ],
+    }  # fmt: skip
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    ds = read_dataset(tmp_path, "coco")
+    assert ds.class_names == ["x", "y"]
+    assert len(ds) == 1
+    assert np.allclose(ds.records[0].labels[0], [1, 0.25, 0.4, 0.3, 0.4])
+    assert ds.records[0].difficult.tolist() == [False, True]
+    text = "\n".join(ds.skipped)
+    assert "gone.jpg: missing image" in text
+    assert "annotation 2: unknown class 3" in text
+    assert "annotation 3: box outside the image" in text
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="not a readable COCO JSON"):
+        read_coco(tmp_path / "bad.json")
+
+
+def test_shapes_are_deterministic_and_varied():
+    a, b = make_sample(sample_seed(7, 3)), make_sample(sample_seed(7, 3))
+    assert a.jpeg == b.jpeg and np.array_equal(a.labels, b.labels)
+    ds = shapes_dataset(40, 11)
+    sizes = {r.size for r in ds.records}
+    counts = [len(r.labels) for r in ds.records]
+    assert len(sizes) > 20 and min(counts) >= 0 and max(counts) <= 6
+    classes = {int(c) for r in ds.records for c in r.labels[:, 0]}
+    assert classes == set(range(len(CLASS_NAMES)))
+    for r in ds.records:
+        assert ((r.labels[:, 1:] >= 0) & (r.labels[:, 1:] <= 1)).all()
+        short = min(r.size)
+        ext = np.maximum(r.labels[:, 3] * r.size[0], r.labels[:, 4] * r.size[1])
+        assert ((ext >= 0.1 * short - 1) & (ext <= 0.45 * short + 1)).all()
+
+
+def test_shapes_boxes_lie_inside_their_images():
+    for i in range(15):
+        s = make_sample(sample_seed(5, i))
+        W, H = s.image.size
+        for _c, cx, cy, w, h in s.labels:
+            x1, y1 = int((cx - w / 2) * W), int((cy - h / 2) * H)
+            x2, y2 = int((cx + w / 2) * W), int((cy + h / 2) * H)
+            assert 0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H
+
+
+def _blob_image():
+    img = Image.new("RGB", (200, 100), (0, 0, 0))
+    ImageDraw.Draw(img).rectangle([40, 20, 79, 59], fill=(255, 255, 255))
+    return np.asarray(img), np.array([[0, 60 / 200, 40 / 100, 40 / 200, 40 / 100]])
+
+
+def _white_box(img):
+    ys, xs = np.nonzero(img.mean(-1) > 128)
+    H, W = img.shape[:2]
+    return np.array([(xs.min() + xs.max() + 1) / 2 / W, (ys.min() + ys.max() + 1) / 2 / H,
+                     (xs.max() - xs.min() + 1) / W, (ys.max() - ys.min() + 1) / H])  # fmt: skip
+
+
+def test_augmentation_keeps_boxes_on_their_objects():
+    img, lab = _blob_image()
+    for seed in range(20):
+        out, new = scale_translate(img, lab, np.random.default_rng(seed))
+        if len(new):
+            assert np.allclose(new[0, 1:], _white_box(out), atol=0.03)
+        flipped, fl = hflip(out, new)
+        if len(fl):
+            assert np.allclose(fl[0, 1:], _white_box(flipped), atol=0.03)
+
+
+def test_hsv_jitter_keeps_hue_and_scales_value():
+    img = np.array([[[200, 100, 50]]], dtype=np.uint8)
+    out = hsv_jitter(img, np.random.default_rng(0)).astype(float)[0, 0]
+    r, g, b = out
+    # Hue of (200, 100, 50): (g - b) / (r - b) stays 1/3.
+    assert (g - b) / (r - b) == pytest.approx(1 / 3, abs=0.02)
+    grey = np.full((1, 1, 3), 100, np.uint8)
+    out = hsv_jitter(grey, np.random.default_rng(1))
+    assert out[0, 0, 0] == out[0, 0, 1] == out[0, 0, 2]  # no saturation to scale

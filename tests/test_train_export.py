@@ -1,0 +1,133 @@
+"""Training a tiny model, checkpoint resume, ONNX export and its verification."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from model.config import ModelConfig
+from model.data import shapes_dataset, to_arrays
+from model.export import ExportMismatchError, export_onnx, load_checkpoint, verify_onnx
+from model.infer import OnnxDetector, read_metadata
+from model.networks import build_model
+from model.preprocess import to_input
+from model.shapes import CLASS_NAMES
+from model.train import TrainConfig, train
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    # Eight images with one or two objects each, so that a 3x3 grid can hold them all.
+    ds = shapes_dataset(40, 99)
+    ds.records = [r for r in ds.records if 1 <= len(r.labels) <= 2][:8]
+    X, L = to_arrays(ds, SIZE)
+    return X, L
+
+
+def _cfg():
+    return ModelConfig(arch="tiny-yolov1", input_size=SIZE, S=3, B=2, C=5,
+                       class_names=list(CLASS_NAMES), head_activation="sigmoid", width=16)  # fmt: skip
+
+
+def test_overfits_a_handful_of_images(small_data, tmp_path):
+    X, L = small_data
+    tc = TrainConfig(epochs=50, batch_size=2, optimizer="adamw", learning_rate=3e-3,
+                     warmup_epochs=2, augment=False, weight_decay=0.0)  # fmt: skip
+    r = train(_cfg(), tc, X, L, X, L, tmp_path)
+    first, last = r.history[0], r.history[-1]
+    assert last.train["total"] < 0.2 * first.train["total"]
+    assert r.best_map >= 0.8, [round(h.val_map, 3) for h in r.history]
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "curves.png").exists()
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 51
+
+
+def test_resume_continues_exactly(small_data, tmp_path):
+    X, L = small_data
+    tc = TrainConfig(epochs=3, batch_size=4, optimizer="sgd", learning_rate=0.01, seed=3)
+    full = train(_cfg(), tc, X, L, X[:4], L[:4], tmp_path / "full")
+    part = train(_cfg(), replace(tc, epochs=2), X, L, X[:4], L[:4], tmp_path / "part")
+    assert part.history[-1].epoch == 2
+    # Continue the 2-epoch run to 3 epochs from its last checkpoint.
+    resumed = train(_cfg(), tc, X, L, X[:4], L[:4], tmp_path / "part", resume=part.last_checkpoint)
+    a = torch.load(full.last_checkpoint, weights_only=False)["model"]
+    b = torch.load(resumed.last_checkpoint, weights_only=False)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed.history[-1].train == full.history[-1].train
+
+
+def test_cancel_check_stops_training(small_data, tmp_path):
+    from model.train import Cancelled
+
+    X, L = small_data
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(Cancelled):
+        train(_cfg(), TrainConfig(epochs=5, batch_size=2), X, L, X, L, tmp_path,
+              should_cancel=cancel)  # fmt: skip
+
+
+def test_export_verifies_and_carries_metadata(small_data, tmp_path):
+    X, L = small_data
+    tc = TrainConfig(epochs=1, batch_size=4)
+    r = train(_cfg(), tc, X, L, X[:2], L[:2], tmp_path)
+    meta = export_onnx(r.best_checkpoint, tmp_path / "m.onnx", real_images=X[:2])
+    assert meta["export"]["max_abs_diff_vs_torch"] <= 1e-4
+    assert meta["export"]["opset"] >= 17
+    side = json.loads((tmp_path / "m.json").read_text())
+    assert side["model_config"]["class_names"] == list(CLASS_NAMES)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    embedded = json.loads(sess.get_modelmeta().custom_metadata_map["yolov1_config"])
+    assert embedded["model_config"] == side["model_config"]
+    # dynamic batch axis
+    out = sess.run(None, {"images": to_input(X[:3], _cfg())})[0]
+    assert out.shape == (3, 3, 3, 15)
+    (tmp_path / "m.json").unlink()  # metadata is still read from the ONNX file itself
+    assert read_metadata(tmp_path / "m.onnx")["model_config"]["S"] == 3
+    det = OnnxDetector(tmp_path / "m.onnx")
+    assert det.provider == "CPUExecutionProvider"
+
+
+def test_export_verification_catches_a_mismatch(small_data, tmp_path):
+    X, L = small_data
+    r = train(_cfg(), TrainConfig(epochs=1, batch_size=4), X, L, X[:2], L[:2], tmp_path)
+    export_onnx(r.best_checkpoint, tmp_path / "m.onnx")
+    model, _ = load_checkpoint(r.best_checkpoint)
+    x = [to_input(X[:2], model.cfg)]
+    assert verify_onnx(tmp_path / "m.onnx", model, x) <= 1e-4
+    other = build_model(model.cfg)  # different weights
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01)
+    with pytest.raises(ExportMismatchError, match="differs from PyTorch"):
+        verify_onnx(tmp_path / "m.onnx", other, x)
+
+
+def test_paper_networks_shapes():
+    from model.networks import count_macs
+
+    for arch, convs in (("yolov1", 24), ("fast-yolov1", 9)):
+        cfg = ModelConfig(arch=arch, input_size=448, C=20)
+        with torch.device("meta"):
+            m = build_model(cfg)
+            y = m(torch.zeros(2, 3, 448, 448))
+        assert tuple(y.shape) == (2, 7, 7, 30)
+        assert sum(isinstance(x, torch.nn.Conv2d) for x in m.modules()) == convs
+        assert sum(isinstance(x, torch.nn.Linear) for x in m.modules()) == 2
+        assert count_macs(m, 448) > 0
+    assert np.isclose(
+        sum(p.numel() for p in build_model(ModelConfig(arch="yolov1", C=20)).parameters()) / 1e6,
+        271.7, atol=0.1,
+    )
