@@ -13,16 +13,33 @@ log = logging.getLogger("yolov1")
 # The default model's recipe (`make model`): a tiny network on generated shapes.
 PRESETS = {
     "default": dict(
-        arch="tiny-yolov1", input_size=224, width=32, head_activation="sigmoid",
-        train_images=8000, val_images=500, epochs=25, batch_size=32,
-        optimizer="adamw", learning_rate=1e-3, weight_decay=5e-4,
+        arch="tiny-yolov1",
+        input_size=224,
+        width=32,
+        head_activation="sigmoid",
+        train_images=8000,
+        val_images=500,
+        epochs=25,
+        batch_size=32,
+        optimizer="adamw",
+        learning_rate=1e-3,
+        weight_decay=5e-4,
     ),
     "smoke": dict(
-        arch="tiny-yolov1", input_size=64, width=8, head_activation="sigmoid", S=2,
-        train_images=32, val_images=16, epochs=1, batch_size=16,
-        optimizer="adamw", learning_rate=1e-3, weight_decay=5e-4,
+        arch="tiny-yolov1",
+        input_size=64,
+        width=8,
+        head_activation="sigmoid",
+        S=2,
+        train_images=32,
+        val_images=16,
+        epochs=1,
+        batch_size=16,
+        optimizer="adamw",
+        learning_rate=1e-3,
+        weight_decay=5e-4,
     ),
-}  # fmt: skip
+}
 
 DATA_SEED_TRAIN, DATA_SEED_VAL, DATA_SEED_TEST = 1, 2, 3
 
@@ -75,23 +92,40 @@ def cmd_train(args: argparse.Namespace) -> None:
     from model.train import TrainConfig, train
 
     preset = dict(PRESETS[args.preset])
-    for key in ("epochs", "batch_size", "learning_rate", "optimizer", "train_images",
-                "val_images", "input_size", "arch"):  # fmt: skip
+    for key in (
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "optimizer",
+        "train_images",
+        "val_images",
+        "input_size",
+        "arch",
+    ):
         if getattr(args, key, None) is not None:
             preset[key] = getattr(args, key)
     args.train_images, args.val_images = preset["train_images"], preset["val_images"]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     names, Xtr, Ltr, Xva, Lva = _load_split(args, preset["input_size"])
     cfg = ModelConfig(
-        arch=preset["arch"], input_size=preset["input_size"], S=preset.get("S", 7), B=2,
-        C=len(names), class_names=names, head_activation=preset["head_activation"],
+        arch=preset["arch"],
+        input_size=preset["input_size"],
+        S=preset.get("S", 7),
+        B=2,
+        C=len(names),
+        class_names=names,
+        head_activation=preset["head_activation"],
         width=preset["width"],
-    )  # fmt: skip
+    )
     tc = TrainConfig(
-        epochs=preset["epochs"], batch_size=preset["batch_size"], optimizer=preset["optimizer"],
-        learning_rate=preset["learning_rate"], weight_decay=preset["weight_decay"],
-        seed=args.seed, amp=not args.no_amp,
-    )  # fmt: skip
+        epochs=preset["epochs"],
+        batch_size=preset["batch_size"],
+        optimizer=preset["optimizer"],
+        learning_rate=preset["learning_rate"],
+        weight_decay=preset["weight_decay"],
+        seed=args.seed,
+        amp=not args.no_amp,
+    )
     log.info("training %s on %d images (%d validation)", cfg.arch, len(Xtr), len(Xva))
     bar = tqdm(total=tc.epochs * -(-len(Xtr) // tc.batch_size), disable=not sys.stderr.isatty())
 
@@ -148,11 +182,16 @@ def evaluate_onnx(model_path: str, ds, *, batch_size: int = 32):
         grids = det.run(np.stack([det.preprocess(load_image(r)) for r in recs]))
         for g, r in zip(grids, recs, strict=True):
             found = det.postprocess(g, 1, 1, conf_threshold=0.01, max_detections=100)
-            dets.append(ImageDetections(np.array([d.box for d in found]).reshape(-1, 4),
-                                        np.array([d.confidence for d in found]),
-                                        np.array([d.class_id for d in found])))  # fmt: skip
-            truths.append(ImageTruth(cxcywh_to_xyxy(r.labels[:, 1:]),
-                                     r.labels[:, 0].astype(int), r.difficult))  # fmt: skip
+            dets.append(
+                ImageDetections(
+                    np.array([d.box for d in found]).reshape(-1, 4),
+                    np.array([d.confidence for d in found]),
+                    np.array([d.class_id for d in found]),
+                )
+            )
+            truths.append(
+                ImageTruth(cxcywh_to_xyxy(r.labels[:, 1:]), r.labels[:, 0].astype(int), r.difficult)
+            )
     return evaluate_map(dets, truths, len(ds.class_names))
 
 
@@ -168,8 +207,7 @@ def cmd_val(args: argparse.Namespace) -> None:
     r = evaluate_onnx(args.model, ds)
     for c, name in enumerate(ds.class_names):
         ap = r.ap.get(c)
-        print(f"{name:15s} AP@0.5 {'n/a' if ap is None else f'{ap:.4f}'}  "
-              f"objects {r.n_truth[c]}")  # fmt: skip
+        print(f"{name:15s} AP@0.5 {'n/a' if ap is None else f'{ap:.4f}'}  objects {r.n_truth[c]}")
     print(f"mAP@0.5 {r.map:.4f}")
 
 

@@ -138,8 +138,9 @@ def read_voc(root: str | Path, split: str | None = None, class_names: list[str] 
         except (ET.ParseError, FileNotFoundError) as exc:
             skipped.append(f"{x.relative_to(root)}: unreadable annotation ({exc})")
     if class_names is None:
-        class_names = sorted({o.findtext("name", "").strip() for _, r in parsed
-                              for o in r.iter("object")} - {""})  # fmt: skip
+        class_names = sorted(
+            {o.findtext("name", "").strip() for _, r in parsed for o in r.iter("object")} - {""}
+        )
     index = {n: i for i, n in enumerate(class_names)}
     records = []
     for x, r in parsed:

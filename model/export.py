@@ -85,23 +85,34 @@ def export_onnx(
         # dependency (onnxscript) and exports this plain CNN exactly.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-        model, (dummy,), str(tmp), opset_version=opset, input_names=["images"],
-        output_names=["grid"], dynamic_axes={"images": {0: "batch"}, "grid": {0: "batch"}},
-        dynamo=False,
-        )  # fmt: skip
+            model,
+            (dummy,),
+            str(tmp),
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["grid"],
+            dynamic_axes={"images": {0: "batch"}, "grid": {0: "batch"}},
+            dynamo=False,
+        )
     history = ckpt.get("history", [])
     metadata = {
         "model_config": cfg.to_dict(),
-        "input": {"name": "images", "shape": ["batch", 3, cfg.input_size, cfg.input_size],
-                  "pixels": "RGB, (x / 255 - mean) / std, resized (stretched) to input_size"},
-        "output": {"name": "grid", "shape": ["batch", cfg.S, cfg.S, cfg.channels],
-                   "layout": cfg.layout},
+        "input": {
+            "name": "images",
+            "shape": ["batch", 3, cfg.input_size, cfg.input_size],
+            "pixels": "RGB, (x / 255 - mean) / std, resized (stretched) to input_size",
+        },
+        "output": {
+            "name": "grid",
+            "shape": ["batch", cfg.S, cfg.S, cfg.channels],
+            "layout": cfg.layout,
+        },
         "train_config": ckpt.get("train_config", {}),
         "training_metrics": history[-1] if history else {},
         "best_val_map50": ckpt.get("best_map"),
         "epochs_trained": len(history),
         **(extra_metadata or {}),
-    }  # fmt: skip
+    }
     proto = onnx.load(str(tmp))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)

@@ -84,7 +84,9 @@ class OnnxDetector:
         expected = ("N", self.cfg.S, self.cfg.S, self.cfg.channels)
         out_shape = self.session.get_outputs()[0].shape
         if len(out_shape) != 4 or tuple(out_shape[1:]) != expected[1:]:
-            raise ValueError(f"{self.path}: output shape {out_shape} does not match config {expected}")
+            raise ValueError(
+                f"{self.path}: output shape {out_shape} does not match config {expected}"
+            )
 
     def preprocess(self, img: Image.Image) -> np.ndarray:
         """RGB image -> ``(size, size, 3)`` uint8 at the network's input size."""
@@ -108,9 +110,16 @@ class OnnxDetector:
     ) -> list[Detection]:
         """One image's ``(S, S, 5B + C)`` grid -> detections in that image's pixels."""
         c = self.cfg
-        d = decode_predictions(grid, S=c.S, B=c.B, C=c.C, conf_threshold=conf_threshold,
-                               iou_threshold=iou_threshold, max_detections=max_detections,
-                               classes=classes)  # fmt: skip
+        d = decode_predictions(
+            grid,
+            S=c.S,
+            B=c.B,
+            C=c.C,
+            conf_threshold=conf_threshold,
+            iou_threshold=iou_threshold,
+            max_detections=max_detections,
+            classes=classes,
+        )
         scale = np.array([width, height, width, height], dtype=np.float64)
         return [
             Detection(int(k), c.class_names[int(k)], float(s), tuple((b * scale).tolist()))
@@ -131,8 +140,16 @@ def draw_detections(img: Image.Image, detections: list[Detection]) -> Image.Imag
 
     out = img.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
-    palette = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-               (145, 30, 180), (70, 240, 240), (240, 50, 230)]  # fmt: skip
+    palette = [
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+    ]
     for d in detections:
         colour = palette[d.class_id % len(palette)]
         draw.rectangle(d.box, outline=colour, width=max(2, round(min(img.size) / 200)))

@@ -117,8 +117,11 @@ def count_macs(model: nn.Module, input_size: int) -> int:
         elif isinstance(mod, nn.Linear):
             total += out.numel() * mod.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, nn.Conv2d | nn.Linear)]  # fmt: skip
+    handles = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, input_size, input_size, device="meta"))

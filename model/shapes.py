@@ -41,10 +41,20 @@ def _polygon(cls: str, rng: np.random.Generator) -> np.ndarray:
         t = rng.uniform(0.1, 0.2)  # half the arm thickness
         return np.array(
             [
-                [-t, -0.5], [t, -0.5], [t, -t], [0.5, -t], [0.5, t], [t, t],
-                [t, 0.5], [-t, 0.5], [-t, t], [-0.5, t], [-0.5, -t], [-t, -t],
+                [-t, -0.5],
+                [t, -0.5],
+                [t, -t],
+                [0.5, -t],
+                [0.5, t],
+                [t, t],
+                [t, 0.5],
+                [-t, 0.5],
+                [-t, t],
+                [-0.5, t],
+                [-0.5, -t],
+                [-t, -t],
             ]
-        )  # fmt: skip
+        )
     raise ValueError(cls)
 
 
@@ -94,8 +104,11 @@ def make_sample(seed: int, *, max_objects: int = 6) -> Sample:
     draw = ImageDraw.Draw(img)
     for _ in range(rng.integers(0, 6)):  # clutter lines
         pts = rng.uniform(0, 1, 4) * [w, h, w, h]
-        draw.line(list(pts), fill=tuple(int(v) for v in rng.uniform(0, 255, 3)),
-                  width=int(rng.integers(1, 4)))  # fmt: skip
+        draw.line(
+            list(pts),
+            fill=tuple(int(v) for v in rng.uniform(0, 255, 3)),
+            width=int(rng.integers(1, 4)),
+        )
     n = int(rng.integers(0, max_objects + 1))
     placed: list[np.ndarray] = []
     labels = []
@@ -147,7 +160,9 @@ def make_sample(seed: int, *, max_objects: int = 6) -> Sample:
                 else:
                     draw.polygon(flat, fill=fill)
             placed.append(box)
-            labels.append([cls_id, (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h])
+            labels.append(
+                [cls_id, (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]
+            )
             break
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
@@ -179,5 +194,3 @@ def write_yolo_dataset(root: str, n: int, seed: int) -> None:
         (base / "labels" / f"{i:06d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
     (base / "data.yaml").write_text(f"names:\n{names}\n")
-
-

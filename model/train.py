@@ -80,9 +80,12 @@ def bf16_supported() -> bool:
 
 
 def make_batch(
-    images: np.ndarray, labels: list[np.ndarray], idx: np.ndarray, cfg: ModelConfig,
+    images: np.ndarray,
+    labels: list[np.ndarray],
+    idx: np.ndarray,
+    cfg: ModelConfig,
     aug_seed: tuple[int, ...] | None,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     imgs, labs = [], []
     for i in idx:
         img, lab = images[i], labels[i]
@@ -103,9 +106,13 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, images: np.ndarray, labels: list[np.ndarray], cfg: ModelConfig,
-    tc: TrainConfig, batch_size: int = 64,
-) -> tuple[dict[str, float], float]:  # fmt: skip
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: list[np.ndarray],
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    batch_size: int = 64,
+) -> tuple[dict[str, float], float]:
     """Validation loss terms (mean per image) and VOC all-point mAP@0.5."""
     model.eval()
     sums = dict.fromkeys(TERMS, 0.0)
@@ -118,14 +125,23 @@ def evaluate(
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.amp and bf16_supported()):
             pred = model(x)
         pred = pred.float()
-        r = yolo_loss(pred, labs, S=cfg.S, B=cfg.B, C=cfg.C, lambda_coord=tc.lambda_coord,
-                      lambda_noobj=tc.lambda_noobj, confidence_target=tc.confidence_target,
-                      reduction="sum")  # fmt: skip
+        r = yolo_loss(
+            pred,
+            labs,
+            S=cfg.S,
+            B=cfg.B,
+            C=cfg.C,
+            lambda_coord=tc.lambda_coord,
+            lambda_noobj=tc.lambda_noobj,
+            confidence_target=tc.confidence_target,
+            reduction="sum",
+        )
         for k in TERMS:
             sums[k] += float(r.terms[k])
         for p, lab in zip(pred.numpy(), labs, strict=True):
-            d = decode_predictions(p, S=cfg.S, B=cfg.B, C=cfg.C,
-                                   conf_threshold=tc.eval_conf_threshold)  # fmt: skip
+            d = decode_predictions(
+                p, S=cfg.S, B=cfg.B, C=cfg.C, conf_threshold=tc.eval_conf_threshold
+            )
             dets.append(ImageDetections(d["boxes"], d["scores"], d["class_ids"]))
             lab = lab.numpy()
             truths.append(ImageTruth(cxcywh_to_xyxy(lab[:, 1:]), lab[:, 0].astype(int)))
@@ -160,8 +176,10 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     params_decay = [p for n, p in model.named_parameters() if p.dim() > 1]
     params_other = [p for n, p in model.named_parameters() if p.dim() <= 1]
-    groups = [{"params": params_decay, "weight_decay": tc.weight_decay},
-              {"params": params_other, "weight_decay": 0.0}]  # fmt: skip
+    groups = [
+        {"params": params_decay, "weight_decay": tc.weight_decay},
+        {"params": params_other, "weight_decay": 0.0},
+    ]
     if tc.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=tc.learning_rate, momentum=tc.momentum)
     elif tc.optimizer == "adamw":
@@ -214,9 +232,16 @@ def train(
                 g["lr"] = lr
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                 pred = model(x)  # (N, S, S, 5B + C)
-            r = yolo_loss(pred, labs, S=model_cfg.S, B=model_cfg.B, C=model_cfg.C,
-                          lambda_coord=tc.lambda_coord, lambda_noobj=tc.lambda_noobj,
-                          confidence_target=tc.confidence_target)  # fmt: skip
+            r = yolo_loss(
+                pred,
+                labs,
+                S=model_cfg.S,
+                B=model_cfg.B,
+                C=model_cfg.C,
+                lambda_coord=tc.lambda_coord,
+                lambda_noobj=tc.lambda_noobj,
+                confidence_target=tc.confidence_target,
+            )
             opt.zero_grad(set_to_none=True)
             r.total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -226,9 +251,16 @@ def train(
             for k in TERMS:
                 sums[k] += terms[k] * len(idx)
             if progress is not None:
-                progress({"epoch": epoch + 1, "epochs": tc.epochs, "step": step + 1,
-                          "steps": steps_per_epoch, "loss": sum(terms.values()),
-                          "terms": terms})  # fmt: skip
+                progress(
+                    {
+                        "epoch": epoch + 1,
+                        "epochs": tc.epochs,
+                        "step": step + 1,
+                        "steps": steps_per_epoch,
+                        "loss": sum(terms.values()),
+                        "terms": terms,
+                    }
+                )
         elapsed = time.perf_counter() - t0
         train_terms = {k: v / max(seen, 1) for k, v in sums.items()}
         train_terms["total"] = sum(train_terms[k] for k in TERMS)
@@ -237,9 +269,13 @@ def train(
         history.append(m)
         log.info(
             "epoch %d/%d  loss %.3f  val loss %.3f  val mAP@0.5 %.4f  %.0f img/s",
-            epoch + 1, tc.epochs, train_terms["total"], val_terms["total"], val_map,
+            epoch + 1,
+            tc.epochs,
+            train_terms["total"],
+            val_terms["total"],
+            val_map,
             m.images_per_s,
-        )  # fmt: skip
+        )
         improved = val_map > best_map or not best_path.exists()
         best_map = max(best_map, val_map) if not math.isnan(val_map) else best_map
         ckpt = {
@@ -257,8 +293,15 @@ def train(
             _atomic_save(ckpt, best_path)
         write_metrics(history, out)
         if progress is not None:
-            progress({"epoch": epoch + 1, "epochs": tc.epochs, "step": steps_per_epoch,
-                      "steps": steps_per_epoch, "epoch_metrics": asdict(m)})  # fmt: skip
+            progress(
+                {
+                    "epoch": epoch + 1,
+                    "epochs": tc.epochs,
+                    "step": steps_per_epoch,
+                    "steps": steps_per_epoch,
+                    "epoch_metrics": asdict(m),
+                }
+            )
     prefetch.shutdown()
     plot_curves(history, out / "curves.png")
     return TrainResult(best_path, last_path, history, best_map)
@@ -275,11 +318,29 @@ def write_metrics(history: list[EpochMetrics], out: Path) -> None:
     (out / "metrics.json").write_text(json.dumps([asdict(h) for h in history], indent=1))
     with open(out / "metrics.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["epoch", "train_loss", *[f"train_{k}" for k in TERMS], "val_loss",
-                    "val_map50", "images_per_s", "lr"])  # fmt: skip
+        w.writerow(
+            [
+                "epoch",
+                "train_loss",
+                *[f"train_{k}" for k in TERMS],
+                "val_loss",
+                "val_map50",
+                "images_per_s",
+                "lr",
+            ]
+        )
         for h in history:
-            w.writerow([h.epoch, h.train["total"], *[h.train[k] for k in TERMS],
-                        h.val.get("total"), h.val_map, h.images_per_s, h.lr])  # fmt: skip
+            w.writerow(
+                [
+                    h.epoch,
+                    h.train["total"],
+                    *[h.train[k] for k in TERMS],
+                    h.val.get("total"),
+                    h.val_map,
+                    h.images_per_s,
+                    h.lr,
+                ]
+            )
 
 
 def plot_curves(history: list[EpochMetrics], path: Path) -> None:

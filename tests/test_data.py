@@ -87,8 +87,10 @@ def test_voc_reader(tmp_path):
 def test_coco_reader(tmp_path):
     _img(tmp_path / "images" / "a.jpg", (100, 100))
     doc = {
-        "images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100},
-                   {"id": 2, "file_name": "gone.jpg", "width": 10, "height": 10}],
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": 100, "height": 100},
+            {"id": 2, "file_name": "gone.jpg", "width": 10, "height": 10},
+        ],
         "categories": [{"id": 5, "name": "x"}, {"id": 9, "name": "y"}],
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 9, "bbox": [10, 20, 30, 40]},
@@ -96,7 +98,7 @@ def test_coco_reader(tmp_path):
             {"id": 3, "image_id": 1, "category_id": 5, "bbox": [90, 90, 20, 20]},
             {"id": 4, "image_id": 1, "category_id": 5, "bbox": [0, 0, 50, 50], "iscrowd": 1},
         ],
-    }  # fmt: skip
+    }
     (tmp_path / "ann.json").write_text(json.dumps(doc))
     ds = read_dataset(tmp_path, "coco")
     assert ds.class_names == ["x", "y"]
@@ -147,8 +149,14 @@ def _blob_image():
 def _white_box(img):
     ys, xs = np.nonzero(img.mean(-1) > 128)
     H, W = img.shape[:2]
-    return np.array([(xs.min() + xs.max() + 1) / 2 / W, (ys.min() + ys.max() + 1) / 2 / H,
-                     (xs.max() - xs.min() + 1) / W, (ys.max() - ys.min() + 1) / H])  # fmt: skip
+    return np.array(
+        [
+            (xs.min() + xs.max() + 1) / 2 / W,
+            (ys.min() + ys.max() + 1) / 2 / H,
+            (xs.max() - xs.min() + 1) / W,
+            (ys.max() - ys.min() + 1) / H,
+        ]
+    )
 
 
 def test_augmentation_keeps_boxes_on_their_objects():

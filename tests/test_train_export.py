@@ -32,14 +32,29 @@ def small_data():
 
 
 def _cfg():
-    return ModelConfig(arch="tiny-yolov1", input_size=SIZE, S=3, B=2, C=5,
-                       class_names=list(CLASS_NAMES), head_activation="sigmoid", width=16)  # fmt: skip
+    return ModelConfig(
+        arch="tiny-yolov1",
+        input_size=SIZE,
+        S=3,
+        B=2,
+        C=5,
+        class_names=list(CLASS_NAMES),
+        head_activation="sigmoid",
+        width=16,
+    )
 
 
 def test_overfits_a_handful_of_images(small_data, tmp_path):
     X, L = small_data
-    tc = TrainConfig(epochs=50, batch_size=2, optimizer="adamw", learning_rate=3e-3,
-                     warmup_epochs=2, augment=False, weight_decay=0.0)  # fmt: skip
+    tc = TrainConfig(
+        epochs=50,
+        batch_size=2,
+        optimizer="adamw",
+        learning_rate=3e-3,
+        warmup_epochs=2,
+        augment=False,
+        weight_decay=0.0,
+    )
     r = train(_cfg(), tc, X, L, X, L, tmp_path)
     first, last = r.history[0], r.history[-1]
     assert last.train["total"] < 0.2 * first.train["total"]
@@ -75,8 +90,9 @@ def test_cancel_check_stops_training(small_data, tmp_path):
         return len(calls) > 3
 
     with pytest.raises(Cancelled):
-        train(_cfg(), TrainConfig(epochs=5, batch_size=2), X, L, X, L, tmp_path,
-              should_cancel=cancel)  # fmt: skip
+        train(
+            _cfg(), TrainConfig(epochs=5, batch_size=2), X, L, X, L, tmp_path, should_cancel=cancel
+        )
 
 
 def test_export_verifies_and_carries_metadata(small_data, tmp_path):
@@ -129,5 +145,6 @@ def test_paper_networks_shapes():
         assert count_macs(m, 448) > 0
     assert np.isclose(
         sum(p.numel() for p in build_model(ModelConfig(arch="yolov1", C=20)).parameters()) / 1e6,
-        271.7, atol=0.1,
+        271.7,
+        atol=0.1,
     )

@@ -1,0 +1,31 @@
+"""``python -m app``: serve the API with uvicorn on YOLOV1_HOST:YOLOV1_PORT."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.settings import Settings
+
+
+def main() -> None:
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # fail fast, saying which setting is wrong
+        sys.stderr.write(f"invalid configuration:\n{exc}\n")
+        raise SystemExit(2) from exc
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    from app.main import create_app
+
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The FastAPI application: detection, loss scoring, models, health."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from app.batching import MicroBatcher
+from app.observability import Metrics
+from app.routers import detect, health, loss, models
+from app.serving import load_served_model
+from app.settings import Settings
+from app.state import AppState
+
+log = logging.getLogger("app")
+
+DESCRIPTION = """
+YOLOv1 (Redmon et al. 2016) as a service.
+
+* **POST /v1/detect**: an image in, boxes, classes and scores out (ONNX Runtime).
+* **POST /v1/loss**: raw predictions and labels in, the YOLOv1 loss out: the
+  total, each of its five terms, per image (docs/loss.md).
+* **GET /v1/models**: the served model, its metadata and execution provider.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = AppState(settings=settings, metrics=Metrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        t0 = time.perf_counter()
+        state.cpu_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="cpu")
+        served = load_served_model(
+            settings.model_path,
+            version=1,
+            providers=settings.providers or None,
+            intra_op_threads=settings.intra_op_threads,
+            warmup_batch_sizes=[*settings.warmup_batch_sizes, settings.batch_max],
+        )
+        state.batcher = MicroBatcher(
+            lambda: state.holder.current,
+            max_batch=settings.batch_max,
+            wait_ms=settings.batch_wait_ms,
+            on_batch=state.metrics.observe_batch,
+        )
+        state.batcher.start()
+        state.holder.swap(served)
+        state.metrics.set_model(served.name, served.version, served.detector.provider)
+        log.info("ready in %.2f s", time.perf_counter() - t0)
+        yield
+        await state.batcher.stop()
+        state.cpu_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="yolov1-service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
+    )
+    app.state.service = state
+    for r in (detect.router, loss.router, models.router, health.router):
+        app.include_router(r)
+
+    @app.middleware("http")
+    async def record_metrics(request: Request, call_next):
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = route.path if route is not None else "unmatched"
+            state.metrics.requests.labels(path, request.method, str(status)).inc()
+            state.metrics.latency.labels(path, request.method).observe(time.perf_counter() - t0)
+
+    return app

@@ -1,0 +1,147 @@
+"""Request and response schemas."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TERMS_DOC = "coord_xy, coord_wh, obj, noobj and class, as in docs/loss.md"
+
+
+class Box(BaseModel):
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class Detection(BaseModel):
+    class_id: int
+    class_name: str
+    confidence: float = Field(ge=0, le=1)
+    box: Box = Field(description="corners in the original image's pixels")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class Timing(BaseModel):
+    decode: float
+    preprocess: float
+    queue: float
+    inference: float
+    postprocess: float
+
+
+class DetectResult(BaseModel):
+    model: ModelRef
+    image: ImageSize
+    detections: list[Detection]
+    timing_ms: Timing
+    raw: list[list[list[float]]] | None = Field(
+        None, description="the raw (S, S, 5B+C) grid (include_raw=true); send it to /v1/loss"
+    )
+
+
+class Grid(BaseModel):
+    S: int = Field(ge=1, le=64)
+    B: int = Field(ge=1, le=16)
+    C: int = Field(ge=1, le=1000)
+
+
+class Label(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"class_id": 1, "box": [0.5, 0.5, 0.2, 0.3]}}
+    )
+
+    class_id: int = Field(description="in [0, C)")
+    box: list[float] = Field(min_length=4, max_length=4, description="cx, cy, w, h (fractions)")
+
+
+class LossOptions(BaseModel):
+    grid: Grid | None = Field(None, description="defaults to the served model's grid")
+    lambda_coord: float = Field(5.0, ge=0, le=1e6)
+    lambda_noobj: float = Field(0.5, ge=0, le=1e6)
+    confidence_target: Literal["iou", "one"] = "iou"
+    layout: Literal["cells", "darknet"] = "cells"
+    metrics: bool = Field(False, description="also return mAP@0.5 of the decoded predictions")
+
+
+class LossRequest(LossOptions):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "predictions": "N x S x S x (5B+C) numbers (or N flat darknet vectors)",
+                "labels": [[{"class_id": 1, "box": [0.5, 0.5, 0.2, 0.3]}]],
+                "grid": {"S": 7, "B": 2, "C": 5},
+            }
+        }
+    )
+
+    predictions: list[Any] = Field(
+        description="N x S x S x (5B+C) (layout 'cells') or N x S*S*(5B+C) (layout 'darknet')"
+    )
+    labels: list[list[Label]] = Field(description="one list of labels per image")
+
+
+class LossTerms(BaseModel):
+    coord_xy: float
+    coord_wh: float
+    obj: float
+    noobj: float
+    class_: float = Field(alias="class", serialization_alias="class")
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class ImageLoss(BaseModel):
+    loss: float
+    terms: LossTerms
+    objects: int
+    dropped_objects: int
+
+
+class LossMetrics(BaseModel):
+    map50: float | None
+    ap50: dict[str, float]
+
+
+class LossResponse(BaseModel):
+    loss: float = Field(description="mean over images of the per-image loss")
+    terms: LossTerms = Field(description=f"means over images of {TERMS_DOC}")
+    per_image: list[ImageLoss]
+    grid: Grid
+    metrics: LossMetrics | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: int
+    provider: str
+    architecture: str
+    input_size: int
+    grid: Grid
+    classes: list[str]
+    layout: str
+    training_metrics: dict[str, Any] = {}
+    best_val_map50: float | None = None
+    warmup_ms: dict[int, float] = {}
+
+
+class ModelsResponse(BaseModel):
+    active: ModelInfo
+    provider: str
+
+
+class Ready(BaseModel):
+    status: Literal["ready", "starting"]
+    model: ModelRef | None = None
+    provider: str | None = None

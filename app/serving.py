@@ -1,0 +1,108 @@
+"""The served model: an ONNX Runtime session, warmed up, swappable without a restart."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.infer import OnnxDetector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    detector: OnnxDetector
+    name: str
+    version: int
+    path: Path
+    loaded_at: float = field(default_factory=time.time)
+    warmup_ms: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def cfg(self):
+        return self.detector.cfg
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.detector.run(batch)
+
+    def describe(self) -> dict[str, Any]:
+        meta = self.detector.metadata
+        cfg = self.cfg
+        return {
+            "name": self.name,
+            "version": self.version,
+            "provider": self.detector.provider,
+            "path": str(self.path),
+            "architecture": cfg.arch,
+            "input_size": cfg.input_size,
+            "grid": {"S": cfg.S, "B": cfg.B, "C": cfg.C},
+            "classes": cfg.class_names,
+            "layout": cfg.layout,
+            "training_metrics": meta.get("training_metrics", {}),
+            "best_val_map50": meta.get("best_val_map50"),
+            "warmup_ms": self.warmup_ms,
+        }
+
+
+def load_served_model(
+    path: Path,
+    *,
+    version: int,
+    name: str | None = None,
+    providers: list[str] | None = None,
+    intra_op_threads: int | None = None,
+    warmup_batch_sizes: list[int] = (1,),
+) -> ServedModel:
+    """Build the session and run it once per served batch size before it takes traffic.
+
+    Raises ``ValueError`` (or ONNX Runtime's error) for a corrupt or mismatching model.
+    """
+    det = OnnxDetector(path, providers=providers, intra_op_threads=intra_op_threads)
+    served = ServedModel(det, name or det.metadata.get("name", path.parent.name), version, path)
+    size = det.cfg.input_size
+    for n in sorted(set(warmup_batch_sizes)):
+        t0 = time.perf_counter()
+        out = det.run(np.zeros((n, size, size, 3), np.uint8))
+        if out.shape != (n, det.cfg.S, det.cfg.S, det.cfg.channels) or not np.isfinite(out).all():
+            raise ValueError(f"{path}: warm-up output {out.shape} is not a valid grid")
+        served.warmup_ms[n] = round((time.perf_counter() - t0) * 1000, 2)
+    log.info(
+        "model %s v%d ready on %s (warm-up %s ms)",
+        served.name,
+        version,
+        det.provider,
+        served.warmup_ms,
+    )
+    return served
+
+
+class ModelHolder:
+    """The active model; swapping it is one reference assignment, so requests in
+    flight finish on the model they started with."""
+
+    def __init__(self) -> None:
+        self._current: ServedModel | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> ServedModel:
+        model = self._current
+        if model is None:
+            raise RuntimeError("no model loaded")
+        return model
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    def swap(self, model: ServedModel) -> ServedModel | None:
+        with self._lock:
+            old, self._current = self._current, model
+        return old

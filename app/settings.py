@@ -1,0 +1,61 @@
+"""The service's configuration: one pydantic-settings class, validated at start-up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Environment variables with the ``YOLOV1_`` prefix (``YOLOV1_PORT=9000``)."""
+
+    model_config = SettingsConfigDict(env_prefix="YOLOV1_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # The ONNX model served when no model store holds an active version.
+    model_path: Path = ROOT / "models" / "default" / "model.onnx"
+    # ONNX Runtime execution providers, in order of preference; empty: CUDA if
+    # this build has it, then CPU.
+    providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    intra_op_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    max_upload_mb: float = Field(20.0, gt=0)
+    max_pixels: int = Field(40_000_000, ge=1)
+    max_images_per_request: int = Field(16, ge=1)
+    batch_max: int = Field(8, ge=1, le=256)
+    batch_wait_ms: float = Field(3.0, ge=0, le=1000)
+    warmup_batch_sizes: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [1])
+    max_loss_images: int = Field(1024, ge=1)
+    decode_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
+    log_level: str = "info"
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("warmup_batch_sizes", mode="before")
+    @classmethod
+    def _split_sizes(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [int(p) for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_exists(cls, v: Path) -> Path:
+        if not v.is_file():
+            raise ValueError(f"model file {v} does not exist")
+        return v
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
