@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 
 from app.batching import MicroBatcher
 from app.observability import Metrics
 from app.routers import detect, health, loss, models
+from app.schemas import LossRequest
 from app.serving import load_served_model
 from app.settings import Settings
 from app.state import AppState
@@ -32,17 +37,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     state = AppState(settings=settings, metrics=Metrics())
 
+    async def load_model() -> None:
+        """Build and warm the session off the event loop; /healthz answers meanwhile
+        and /readyz says 503 until the model takes traffic."""
+        t0 = time.perf_counter()
+        try:
+            served = await asyncio.to_thread(
+                load_served_model,
+                settings.model_path,
+                version=1,
+                providers=settings.providers or None,
+                intra_op_threads=settings.intra_op_threads,
+                warmup_batch_sizes=[*settings.warmup_batch_sizes, settings.batch_max],
+            )
+        except Exception:
+            log.exception("could not load the model %s; stopping", settings.model_path)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        state.holder.swap(served)
+        state.metrics.set_model(served.name, served.version, served.detector.provider)
+        log.info("ready in %.2f s", time.perf_counter() - t0)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        t0 = time.perf_counter()
         state.cpu_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="cpu")
-        served = load_served_model(
-            settings.model_path,
-            version=1,
-            providers=settings.providers or None,
-            intra_op_threads=settings.intra_op_threads,
-            warmup_batch_sizes=[*settings.warmup_batch_sizes, settings.batch_max],
-        )
         state.batcher = MicroBatcher(
             lambda: state.holder.current,
             max_batch=settings.batch_max,
@@ -50,10 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             on_batch=state.metrics.observe_batch,
         )
         state.batcher.start()
-        state.holder.swap(served)
-        state.metrics.set_model(served.name, served.version, served.detector.provider)
-        log.info("ready in %.2f s", time.perf_counter() - t0)
+        loading = asyncio.create_task(load_model())
         yield
+        loading.cancel()
         await state.batcher.stop()
         state.cpu_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -63,6 +80,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = state
     for r in (detect.router, loss.router, models.router, health.router):
         app.include_router(r)
+
+    def openapi() -> dict:
+        # /v1/loss and /v1/detect read their bodies themselves (JSON or multipart), so
+        # FastAPI does not see the JSON schema: add it to the components here.
+        if app.openapi_schema is None:
+            spec = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            body = LossRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(body.pop("$defs", {}))
+            schemas["LossRequest"] = body
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     @app.middleware("http")
     async def record_metrics(request: Request, call_next):

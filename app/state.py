@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 
 from app.batching import MicroBatcher
 from app.observability import Metrics
@@ -28,7 +28,10 @@ def get_state(request: Request) -> AppState:
 
 
 def get_model(request: Request) -> ServedModel:
-    return request.app.state.service.holder.current
+    holder = request.app.state.service.holder
+    if not holder.ready:
+        raise HTTPException(503, "the model is still loading; retry shortly (see /readyz)")
+    return holder.current
 
 
 StateDep = Annotated[AppState, Depends(get_state)]

@@ -12,7 +12,7 @@ from starlette.formparsers import MultiPartException
 
 from app.schemas import Box, Detection, DetectResult, ImageSize, ModelRef, Timing
 from app.serving import ServedModel
-from app.state import AppState, StateDep
+from app.state import AppState, ModelDep, StateDep
 from model.infer import draw_detections
 from model.preprocess import (
     SUPPORTED_FORMATS,
@@ -174,6 +174,7 @@ async def _detect_one(state: AppState, data: bytes, opts: dict[str, Any]):
 async def detect(
     request: Request,
     state: StateDep,
+    model: ModelDep,
     conf_threshold: Annotated[
         float, Query(ge=0, le=1, description="minimum class-specific confidence")
     ] = 0.2,
@@ -198,7 +199,6 @@ async def detect(
         )
     if format == "image" and len(images) != 1:
         raise HTTPException(422, "format=image takes exactly one image")
-    model = state.holder.current
     opts = dict(
         conf_threshold=conf_threshold,
         iou_threshold=iou_threshold,

@@ -21,7 +21,7 @@ from app.schemas import (
     LossResponse,
     LossTerms,
 )
-from app.state import StateDep
+from app.state import ModelDep, StateDep
 from model.boxes import cxcywh_to_xyxy, decode_predictions
 from model.layout import darknet_to_cells
 from model.loss_core import TERMS
@@ -64,9 +64,12 @@ OPENAPI_BODY = {
 
 
 def _validation_error(exc: ValidationError, where: str) -> RequestValidationError:
-    errors = exc.errors(include_url=False)
-    for e in errors:
-        e["loc"] = (where, *e.get("loc", ()))
+    # Echoing "input" back could mean megabytes of predictions, or bytes that are
+    # not text: say where and what is wrong, not what was sent.
+    errors = [
+        {"type": e["type"], "loc": (where, *e.get("loc", ())), "msg": e["msg"]}
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
     return RequestValidationError(errors)
 
 
@@ -155,8 +158,7 @@ def _score(
             confidence_target=opts.confidence_target,
         )
     except ValueError as exc:
-        msg = str(exc).replace("must have shape (N,", f"must have shape {expected[:2]}", 1)
-        raise HTTPException(422, msg) from exc
+        raise HTTPException(422, str(exc)) from exc
     if not np.isfinite(r.per_image["total"]).all():
         raise HTTPException(422, "predictions are too large: the loss overflows")
 
@@ -205,13 +207,12 @@ def _score(
         422: {"description": "invalid predictions, labels or options"},
     },
 )
-async def loss(request: Request, state: StateDep) -> LossResponse:
+async def loss(request: Request, state: StateDep, model: ModelDep) -> LossResponse:
     """The batch mean of the per-image loss (Redmon et al. 2016, eq. 3; docs/loss.md),
     its five terms, and each image's loss. JSON body (``LossRequest``), or
     multipart with a ``predictions`` .npy part, a ``labels`` JSON part and an
     optional ``options`` JSON part, for large batches."""
     preds, labels, opts = await _parse(request, state.settings.max_upload_bytes)
-    model = state.holder.current
     grid = opts.grid or Grid(S=model.cfg.S, B=model.cfg.B, C=model.cfg.C)
     return await asyncio.get_running_loop().run_in_executor(
         state.cpu_pool,

@@ -1,0 +1,436 @@
+"""The API through HTTP, against the real app process and the real default model."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.boxes import box_iou, cxcywh_to_xyxy
+from model.loss import yolo_loss
+from model.shapes import make_sample, sample_seed
+from tests.server import DEFAULT_MODEL, Server
+
+LIMIT_MB = 1.0
+MAX_PIXELS = 5_000_000
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server(
+        {
+            "YOLOV1_MAX_UPLOAD_MB": str(LIMIT_MB),
+            "YOLOV1_MAX_PIXELS": str(MAX_PIXELS),
+            "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
+        }
+    )
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def grid(client):
+    g = client.get("/v1/models").json()["active"]["grid"]
+    return g["S"], g["B"], g["C"]
+
+
+def _jpeg(seed: int):
+    s = make_sample(sample_seed(4242, seed))
+    return s.jpeg, s.labels, s.image.size
+
+
+def test_api_process_never_imports_torch(server):
+    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert "libtorch" not in maps and "torch/lib" not in maps
+    assert "onnxruntime" in maps  # the check can see loaded libraries at all
+
+
+def test_health_ready_models(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["provider"] == "CPUExecutionProvider"
+    info = client.get("/v1/models").json()
+    active = info["active"]
+    assert active["classes"] == ["circle", "square", "triangle", "star", "cross"]
+    assert info["provider"] == "CPUExecutionProvider"
+    assert active["version"] == 1 and active["best_val_map50"] > 0.5
+
+
+def test_detections_land_on_the_shapes(client):
+    hits = total = 0
+    for i in range(12):
+        data, labels, (W, H) = _jpeg(i)
+        r = client.post("/v1/detect", files={"image": ("a.jpg", data, "image/jpeg")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["image"] == {"width": W, "height": H}
+        assert set(body["timing_ms"]) == {
+            "decode",
+            "preprocess",
+            "queue",
+            "inference",
+            "postprocess",
+        }
+        dets = body["detections"]
+        boxes = np.array([[d["box"][k] for k in ("x1", "y1", "x2", "y2")] for d in dets])
+        truth = cxcywh_to_xyxy(labels[:, 1:]) * [W, H, W, H]
+        for t, cls in zip(truth, labels[:, 0], strict=True):
+            total += 1
+            same = [k for k, d in enumerate(dets) if d["class_id"] == cls]
+            if same and box_iou(t[None], boxes[same]).max() >= 0.5:
+                hits += 1
+    assert total > 10 and hits / total >= 0.8, (hits, total)
+
+
+def test_raw_body_multi_image_and_png(client):
+    data, _, _ = _jpeg(1)
+    r = client.post("/v1/detect", content=data, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200 and "detections" in r.json()
+    files = [
+        ("image", ("a.jpg", data, "image/jpeg")),
+        ("image", ("b.jpg", _jpeg(2)[0], "image/jpeg")),
+    ]
+    r = client.post("/v1/detect", files=files)
+    assert r.status_code == 200 and isinstance(r.json(), list) and len(r.json()) == 2
+    r = client.post("/v1/detect", params={"format": "image"}, files={"image": ("a.jpg", data)})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(r.content))
+    assert img.format == "PNG" and img.size == Image.open(io.BytesIO(data)).size
+
+
+def test_png_rgba_grey_and_exif_orientation(client):
+    img = Image.new("RGBA", (300, 200), (0, 0, 0, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    r = client.post("/v1/detect", files={"image": ("a.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 200 and r.json()["image"] == {"width": 300, "height": 200}
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: a 300x200 file shows as 200x300
+    Image.new("L", (300, 200), 128).save(buf, format="JPEG", exif=exif)
+    r = client.post("/v1/detect", files={"image": ("a.jpg", buf.getvalue(), "image/jpeg")})
+    assert r.status_code == 200 and r.json()["image"] == {"width": 200, "height": 300}
+
+
+def test_class_filter(client):
+    data, _, _ = _jpeg(3)
+    r = client.post(
+        "/v1/detect",
+        params={"classes": ["star", "1"], "conf_threshold": 0.01},
+        files={"image": ("a.jpg", data)},
+    )
+    assert r.status_code == 200
+    assert {d["class_id"] for d in r.json()["detections"]} <= {1, 3}
+    r = client.post("/v1/detect", params={"classes": "hexagon"}, files={"image": ("a.jpg", data)})
+    assert r.status_code == 422 and "hexagon" in r.text
+
+
+def test_loss_endpoint_equals_model_loss(client, grid):
+    S, B, C = grid
+    rng = np.random.default_rng(0)
+    for trial in range(3):
+        N = 3
+        pred = rng.normal(0.3, 0.5, (N, S, S, 5 * B + C))
+        labels = []
+        for _ in range(N):
+            k = int(rng.integers(0, 4))
+            labels.append(
+                np.column_stack(
+                    [rng.integers(0, C, k), rng.uniform(0, 1, (k, 2)), rng.uniform(0.05, 1, (k, 2))]
+                ).reshape(-1, 5)
+            )
+        target = ["iou", "one"][trial % 2]
+        body = {
+            "predictions": pred.tolist(),
+            "labels": [
+                [{"class_id": int(r[0]), "box": r[1:].tolist()} for r in lab] for lab in labels
+            ],
+            "lambda_coord": 4.0,
+            "lambda_noobj": 0.25,
+            "confidence_target": target,
+        }
+        r = client.post("/v1/loss", json=body)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        ref = yolo_loss(
+            torch.tensor(pred),
+            [torch.tensor(x) for x in labels],
+            S=S,
+            B=B,
+            C=C,
+            lambda_coord=4.0,
+            lambda_noobj=0.25,
+            confidence_target=target,
+            reduction="none",
+        )
+        assert out["loss"] == pytest.approx(float(ref.per_image["total"].mean()), rel=1e-9)
+        for k in ("coord_xy", "coord_wh", "obj", "noobj", "class"):
+            assert out["terms"][k] == pytest.approx(float(ref.terms[k].mean()), rel=1e-9, abs=1e-12)
+            for n in range(N):
+                assert out["per_image"][n]["terms"][k] == pytest.approx(
+                    float(ref.per_image[k][n]), rel=1e-9, abs=1e-12
+                )
+        assert out["grid"] == {"S": S, "B": B, "C": C}
+
+
+def test_include_raw_feeds_loss_and_binary_form_agrees(client, grid):
+    S, B, C = grid
+    data, labels, _ = _jpeg(5)
+    r = client.post("/v1/detect", params={"include_raw": "true"}, files={"image": ("a.jpg", data)})
+    raw = r.json()["raw"]
+    assert np.asarray(raw).shape == (S, S, 5 * B + C)
+    lab = [[{"class_id": int(x[0]), "box": x[1:].tolist()} for x in labels]]
+    js = client.post("/v1/loss", json={"predictions": [raw], "labels": lab, "metrics": True})
+    assert js.status_code == 200, js.text
+    assert js.json()["per_image"][0]["objects"] + js.json()["per_image"][0][
+        "dropped_objects"
+    ] == len(labels)
+    assert js.json()["metrics"]["map50"] is not None
+    buf = io.BytesIO()
+    np.save(buf, np.asarray([raw], dtype=np.float32))
+    bn = client.post(
+        "/v1/loss",
+        files={
+            "predictions": ("p.npy", buf.getvalue()),
+            "labels": (None, json.dumps(lab)),
+            "options": (None, json.dumps({"metrics": True})),
+        },
+    )
+    assert bn.status_code == 200, bn.text
+    assert bn.json()["loss"] == pytest.approx(js.json()["loss"], rel=1e-5)
+
+
+def test_darknet_layout(client, grid):
+    from model.layout import cells_to_darknet
+
+    S, B, C = grid
+    pred = np.random.default_rng(1).normal(size=(2, S, S, 5 * B + C))
+    lab = [[{"class_id": 0, "box": [0.3, 0.3, 0.2, 0.2]}], []]
+    a = client.post("/v1/loss", json={"predictions": pred.tolist(), "labels": lab}).json()
+    flat = cells_to_darknet(pred, S=S, B=B, C=C)
+    b = client.post(
+        "/v1/loss", json={"predictions": flat.tolist(), "labels": lab, "layout": "darknet"}
+    ).json()
+    assert a["loss"] == pytest.approx(b["loss"])
+
+
+# --- bad input: a clear 4xx, never a 500, and the server keeps serving -------------------
+
+
+def _bad_detect(client, **kw):
+    return client.post("/v1/detect", **kw)
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, words",
+    [
+        (dict(content=b"", headers={"content-type": "image/jpeg"}), 400, "empty"),
+        (
+            dict(content=b"hello, not an image", headers={"content-type": "image/png"}),
+            400,
+            "not a readable image",
+        ),
+        (dict(files={"image": ("a.jpg", _jpeg(0)[0][:3000], "image/jpeg")}), 400, "truncated"),
+        (dict(content=b"x", headers={"content-type": "text/plain"}), 415, "multipart"),
+        (dict(files={"other": ("a.jpg", b"123")}), 422, "'image'"),
+        (dict(data={"image": "text"}, files={"x": ("a", b"1")}), 422, "file"),
+        (
+            dict(
+                params={"conf_threshold": 1.5},
+                content=_jpeg(0)[0],
+                headers={"content-type": "image/jpeg"},
+            ),
+            422,
+            "conf_threshold",
+        ),
+        (
+            dict(
+                params={"iou_threshold": -0.1},
+                content=_jpeg(0)[0],
+                headers={"content-type": "image/jpeg"},
+            ),
+            422,
+            "iou_threshold",
+        ),
+    ],
+)
+def test_bad_detect_input(client, kwargs, status, words):
+    r = _bad_detect(client, **kwargs)
+    assert r.status_code == status, r.text
+    assert words in r.text
+
+
+def test_unsupported_format_too_large_upload_and_bomb(client):
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20)).save(buf, format="GIF")
+    r = client.post("/v1/detect", files={"image": ("a.gif", buf.getvalue(), "image/gif")})
+    assert r.status_code == 415 and "GIF" in r.text
+    big = b"\xff" * int(LIMIT_MB * 1024 * 1024 + 10)
+    r = client.post("/v1/detect", content=big, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 413
+    r = client.post("/v1/detect", files={"image": ("a.jpg", big, "image/jpeg")})
+    assert r.status_code == 413
+    buf = io.BytesIO()
+    Image.new("L", (4000, 4000)).save(buf, format="PNG")  # 16 Mpx in a few KB
+    r = client.post("/v1/detect", files={"image": ("bomb.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 413 and "exceeds" in r.text
+    assert client.get("/readyz").status_code == 200
+
+
+def _loss(client, **body):
+    base = {"predictions": np.zeros((1, 7, 7, 15)).tolist(), "labels": [[]]}
+    return client.post("/v1/loss", json={**base, **body})
+
+
+def test_bad_loss_input(client, grid):
+    S, B, C = grid
+    ok = np.zeros((2, S, S, 5 * B + C)).tolist()
+    r = _loss(client, predictions=np.zeros((1, S, S, 5 * B + C - 1)).tolist())
+    assert r.status_code == 422 and f"({'N'}, {S}, {S}, {5 * B + C})" in r.text
+    r = _loss(client, predictions=ok, labels=[[]])
+    assert r.status_code == 422 and "1 lists for 2 images" in r.text
+    bad_cls = [
+        [],
+        [
+            {"class_id": 0, "box": [0.5, 0.5, 0.1, 0.1]},
+            {"class_id": C, "box": [0.5, 0.5, 0.1, 0.1]},
+        ],
+    ]
+    r = _loss(client, predictions=ok, labels=bad_cls)
+    assert r.status_code == 422 and "image 1, label 1" in r.text and "class_id" in r.text
+    bad_box = [[{"class_id": 0, "box": [1.5, 0.5, 0.1, 0.1]}], []]
+    r = _loss(client, predictions=ok, labels=bad_box)
+    assert r.status_code == 422 and "image 0, label 0" in r.text and "outside" in r.text
+    r = client.post(
+        "/v1/loss",
+        content=b'{"predictions": [[[[NaN]]]], "labels": [[]]}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 422
+    nan = np.zeros((1, S, S, 5 * B + C))
+    r = client.post(
+        "/v1/loss",
+        content=json.dumps({"predictions": nan.tolist(), "labels": [[]]}).replace(
+            "0.0", "Infinity", 1
+        ),
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 422
+    r = _loss(client, predictions=[[1, [2]]])
+    assert r.status_code == 422
+    r = client.post("/v1/loss", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    r = client.post(
+        "/v1/loss", files={"predictions": ("p.npy", b"garbage"), "labels": (None, "[[]]")}
+    )
+    assert r.status_code == 422 and ".npy" in r.text
+    r = _loss(client, lambda_coord=-1)
+    assert r.status_code == 422
+    assert client.get("/readyz").status_code == 200
+
+
+def test_metrics_move(client):
+    def count() -> float:
+        text = client.get("/metrics").text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("detect_images_total")
+        )
+
+    before = count()
+    client.post("/v1/detect", files={"image": ("a.jpg", _jpeg(7)[0])})
+    assert count() == before + 1
+    text = client.get("/metrics").text
+    assert 'http_requests_total{method="POST",route="/v1/detect",status="200"}' in text
+    assert "inference_batch_size_bucket" in text and "model_info{" in text
+
+
+def test_readiness_before_and_after_warm_up():
+    # Warm-up with large batches takes a while: /healthz answers, /readyz says 503.
+    s = Server({"YOLOV1_WARMUP_BATCH_SIZES": "1,128,256", "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL)})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{s.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        early = httpx.get(f"{s.url}/readyz")
+        detect_early = httpx.post(
+            f"{s.url}/v1/detect", content=_jpeg(0)[0], headers={"content-type": "image/jpeg"}
+        )
+        s.wait_ready()
+        assert early.status_code == 503 and early.json()["status"] == "starting"
+        assert detect_early.status_code == 503
+        assert httpx.get(f"{s.url}/readyz").json()["status"] == "ready"
+    finally:
+        s.stop()
+
+
+def test_bad_configuration_fails_fast(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.server import ROOT
+
+    r = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"YOLOV1_MODEL_PATH": str(tmp_path / "nope.onnx"), "PATH": "/usr/bin"},
+        timeout=60,
+    )
+    assert r.returncode == 2 and "model_path" in r.stderr
+
+
+def test_fuzzing_the_openapi_schema_finds_no_server_error(server):
+    import subprocess
+    import sys
+    from pathlib import Path as P
+
+    st = P(sys.executable).parent / "schemathesis"
+    r = subprocess.run(
+        [
+            str(st),
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "60",
+            "--seed",
+            "7",
+            "--generation-database",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert " passed" in r.stdout
+    assert client_ok(server)
+
+
+def client_ok(server) -> bool:
+    return httpx.get(f"{server.url}/readyz").status_code == 200
