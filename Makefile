@@ -30,7 +30,10 @@ run: $(STAMP)
 	$(BIN)/python -m app
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_loss.py
+	cd bench && ../$(BIN)/python bench_loss.py
+	cd bench && ../$(BIN)/python bench_infer.py
+	cd bench && ../$(BIN)/python bench_api.py
+	cd bench && ../$(BIN)/python bench_train.py
 
 # The shipped default model, from scratch (deterministic; about 45 minutes on 2 cores).
 model: $(STAMP)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 from model.loss import yolo_loss  # noqa: E402
 from model.loss_numpy import yolo_loss_numpy  # noqa: E402
 from tests.reference_loss import reference_loss  # noqa: E402

@@ -1,0 +1,157 @@
+"""The API against bare ONNX Runtime on the same default model and the same
+640x480 JPEGs (decode included in both), measured in one run."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from common import DEFAULT_MODEL, log, p50, setup_logging, timed
+
+from model.infer import OnnxDetector
+from model.loss_numpy import yolo_loss_numpy
+from model.preprocess import decode_image
+from model.shapes import make_sample, sample_seed
+from tests.server import Server
+
+
+def jpegs(n: int) -> list[bytes]:
+    out = []
+    for i in range(n):
+        img = make_sample(sample_seed(99, i)).image.resize((640, 480))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def main() -> None:
+    setup_logging()
+    images = jpegs(16)
+    det = OnnxDetector(DEFAULT_MODEL)
+
+    def bare(data: bytes) -> None:
+        img = decode_image(data)
+        grid = det.run(det.preprocess(img)[None])
+        det.postprocess(grid[0], img.width, img.height)
+
+    k = iter(range(10**9))
+    bare_lat = timed(lambda: bare(images[next(k) % len(images)]), 200)
+    t0 = time.perf_counter()
+    for i in range(200):
+        bare(images[i % len(images)])
+    bare_tput = 200 / (time.perf_counter() - t0)
+
+    t_start = time.perf_counter()
+    server = Server({"YOLOV1_MODEL_PATH": str(DEFAULT_MODEL)})
+    try:
+        server.wait_ready()
+        ready_s = time.perf_counter() - t_start
+        rss_mb = (
+            int(Path(f"/proc/{server.proc.pid}/status").read_text().split("VmRSS:")[1].split()[0])
+            / 1024
+        )
+        url = f"{server.url}/v1/detect"
+        hdr = {"content-type": "image/jpeg"}
+        with httpx.Client(timeout=30) as c:
+            api_lat = timed(
+                lambda: c.post(
+                    url, content=images[next(k) % len(images)], headers=hdr
+                ).raise_for_status(),
+                200,
+            )
+
+        n_clients, per_client = 8, 40
+        errors = []
+
+        def client_loop(j: int) -> None:
+            with httpx.Client(timeout=60) as c:
+                for i in range(per_client):
+                    r = c.post(url, content=images[(i + j) % len(images)], headers=hdr)
+                    if r.status_code != 200:
+                        errors.append(r.status_code)
+
+        threads = [threading.Thread(target=client_loop, args=(j,)) for j in range(n_clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        api_tput = n_clients * per_client / (time.perf_counter() - t0)
+
+        # (c) scoring 64 images
+        cfg = det.cfg
+        rng = np.random.default_rng(0)
+        pred = rng.normal(0.3, 0.5, (64, cfg.S, cfg.S, cfg.channels)).astype(np.float32)
+        labels = [
+            [
+                {
+                    "class_id": int(rng.integers(cfg.C)),
+                    "box": [*rng.uniform(0, 1, 2).tolist(), *rng.uniform(0.05, 0.5, 2).tolist()],
+                }
+                for _ in range(int(rng.integers(0, 6)))
+            ]
+            for _ in range(64)
+        ]
+        lab_np = [
+            np.array([[x["class_id"], *x["box"]] for x in im]).reshape(-1, 5) for im in labels
+        ]
+        direct = timed(lambda: yolo_loss_numpy(pred, lab_np, S=cfg.S, B=cfg.B, C=cfg.C), 30)
+        body = json.dumps({"predictions": pred.tolist(), "labels": labels})
+        buf = io.BytesIO()
+        np.save(buf, pred)
+        npy = buf.getvalue()
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            js = timed(
+                lambda: c.post(
+                    "/v1/loss", content=body, headers={"content-type": "application/json"}
+                ).raise_for_status(),
+                20,
+            )
+            bn = timed(
+                lambda: c.post(
+                    "/v1/loss",
+                    files={"predictions": ("p.npy", npy), "labels": (None, json.dumps(labels))},
+                ).raise_for_status(),
+                20,
+            )
+    finally:
+        server.stop()
+
+    log.info("detect, default model, 640x480 JPEG, decode included (bare = in-process ORT)")
+    log.info(
+        "(a) idle latency p50: bare %.2f ms, API %.2f ms, ratio %.2f (target <= 1.3)",
+        p50(bare_lat) * 1e3,
+        p50(api_lat) * 1e3,
+        p50(api_lat) / p50(bare_lat),
+    )
+    log.info(
+        "(b) throughput: bare single-stream %.1f img/s, API with %d clients %.1f img/s, "
+        "ratio %.2f (target >= 0.85), errors %d",
+        bare_tput,
+        n_clients,
+        api_tput,
+        api_tput / bare_tput,
+        len(errors),
+    )
+    log.info(
+        "(c) loss of 64 images: direct NumPy %.2f ms, API JSON %.2f ms (%.1fx), "
+        "API .npy %.2f ms (%.1fx)",
+        p50(direct) * 1e3,
+        p50(js) * 1e3,
+        p50(js) / p50(direct),
+        p50(bn) * 1e3,
+        p50(bn) / p50(direct),
+    )
+    log.info(
+        "(d) API RSS after warm-up %.0f MB (aim <= 300), start to ready %.2f s", rss_mb, ready_s
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Training throughput: plain fp32 eager against the trainer's configuration
+(bf16 autocast + channels_last), same network, same data, same loss, one run."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from common import log, setup_logging
+
+from model.config import ModelConfig
+from model.data import shapes_dataset, to_arrays
+from model.loss import yolo_loss
+from model.networks import build_model
+from model.train import bf16_supported, make_batch
+
+
+def images_per_s(cfg: ModelConfig, X, L, *, amp: bool, channels_last: bool, steps: int) -> float:
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    bs = 32
+    batches = [
+        make_batch(X, L, np.arange(i * bs, (i + 1) * bs) % len(X), cfg, (0, i))
+        for i in range(steps + 2)
+    ]
+    n = 0
+    for i, (x, labs) in enumerate(batches):
+        if i == 2:
+            t0 = time.perf_counter()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            pred = model(x)
+        r = yolo_loss(pred, labs, S=cfg.S, B=cfg.B, C=cfg.C)
+        opt.zero_grad()
+        r.total.backward()
+        opt.step()
+        n += len(x) if i >= 2 else 0
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    setup_logging()
+    ds = shapes_dataset(64, 77)
+    amp = bf16_supported()
+    for name, cfg in [
+        (
+            "tiny-yolov1 224 (default model)",
+            ModelConfig(arch="tiny-yolov1", input_size=224, C=5, head_activation="sigmoid"),
+        ),
+        ("fast-yolov1 224", ModelConfig(arch="fast-yolov1", input_size=224, C=5)),
+    ]:
+        X, L = to_arrays(ds, cfg.input_size)
+        base = images_per_s(cfg, X, L, amp=False, channels_last=False, steps=6)
+        fast = images_per_s(cfg, X, L, amp=amp, channels_last=True, steps=6)
+        log.info(
+            "train %-32s fp32 eager %6.1f img/s | trainer (bf16=%s, channels_last) "
+            "%6.1f img/s | ratio %.2fx",
+            name,
+            base,
+            amp,
+            fast,
+            fast / base,
+        )
+
+
+if __name__ == "__main__":
+    main()
