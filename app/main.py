@@ -15,9 +15,9 @@ from fastapi.openapi.utils import get_openapi
 
 from app.batching import MicroBatcher
 from app.observability import Metrics
-from app.routers import detect, health, loss, models
+from app.routers import datasets, detect, health, jobs, loss, models
 from app.schemas import LossRequest
-from app.serving import load_served_model
+from app.serving import ModelManager
 from app.settings import Settings
 from app.state import AppState
 
@@ -36,27 +36,29 @@ YOLOv1 (Redmon et al. 2016) as a service.
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     state = AppState(settings=settings, metrics=Metrics())
+    state.manager = ModelManager(
+        settings,
+        state.holder,
+        on_swap=lambda m: state.metrics.set_model(m.name, m.version, m.detector.provider),
+    )
+    if settings.redis_url:
+        from worker.jobstore import JobStore
+
+        state.jobs = JobStore.from_url(settings.redis_url)
 
     async def load_model() -> None:
         """Build and warm the session off the event loop; /healthz answers meanwhile
         and /readyz says 503 until the model takes traffic."""
         t0 = time.perf_counter()
         try:
-            served = await asyncio.to_thread(
-                load_served_model,
-                settings.model_path,
-                version=1,
-                providers=settings.providers or None,
-                intra_op_threads=settings.intra_op_threads,
-                warmup_batch_sizes=[*settings.warmup_batch_sizes, settings.batch_max],
-            )
+            version = await asyncio.to_thread(state.manager.initial_version)
+            await state.manager.activate(version, persist=False)
         except Exception:
-            log.exception("could not load the model %s; stopping", settings.model_path)
+            log.exception("could not load the model; stopping")
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        state.holder.swap(served)
-        state.metrics.set_model(served.name, served.version, served.detector.provider)
         log.info("ready in %.2f s", time.perf_counter() - t0)
+        await state.manager.follow()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -78,7 +80,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="yolov1-service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
     )
     app.state.service = state
-    for r in (detect.router, loss.router, models.router, health.router):
+    for r in (
+        detect.router,
+        loss.router,
+        models.router,
+        health.router,
+        jobs.router,
+        datasets.router,
+    ):
         app.include_router(r)
 
     def openapi() -> dict:

@@ -139,6 +139,83 @@ class ModelInfo(BaseModel):
 class ModelsResponse(BaseModel):
     active: ModelInfo
     provider: str
+    versions: list[dict[str, Any]] = Field(default_factory=list, description="the registry")
+    last_swap_error: str | None = None
+
+
+class DatasetRef(BaseModel):
+    format: Literal["yolo", "voc", "coco", "shapes"]
+    path: str | None = Field(None, description="relative to the data root (yolo, voc, coco)")
+    dataset_id: str | None = Field(None, description="an uploaded data set (POST /v1/datasets)")
+    images: int = Field(64, ge=4, le=100_000, description="shapes only: images to generate")
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "dataset": {"format": "shapes", "images": 64},
+                "epochs": 2,
+                "batch_size": 16,
+            }
+        },
+    )
+
+    dataset: DatasetRef
+    base_model: int | None = Field(None, ge=1, description="a version; default the active one")
+    epochs: int = Field(5, ge=1, le=1000)
+    batch_size: int = Field(16, ge=1, le=512)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    lambda_coord: float = Field(5.0, ge=0, le=1000)
+    lambda_noobj: float = Field(0.5, ge=0, le=1000)
+    confidence_target: Literal["iou", "one"] = "iou"
+    image_size: int | None = Field(None, ge=32, le=1024, multiple_of=32)
+    augment: bool = True
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    auto_activate: bool = Field(False, description="activate if validation mAP does not fall")
+
+
+class JobProgress(BaseModel):
+    epoch: int | None = None
+    epochs: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    eta_s: float | None = None
+
+
+class Job(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: JobProgress = Field(default_factory=JobProgress)
+    metrics: list[dict[str, Any]] = Field(default_factory=list, description="one entry per epoch")
+    model_version: int | None = None
+    error: str | None = None
+    request: dict[str, Any]
+    info: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    attempts: int = 0
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class JobList(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[Job]
+
+
+class DatasetSummary(BaseModel):
+    id: str
+    format: str
+    images: int
+    boxes: int
+    boxes_per_class: dict[str, int]
+    skipped: list[str]
 
 
 class Ready(BaseModel):

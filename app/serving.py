@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -106,3 +107,77 @@ class ModelHolder:
         with self._lock:
             old, self._current = self._current, model
         return old
+
+
+class ModelManager:
+    """Loads the served model from the registry (or a plain file), activates versions,
+    and follows the store's active version so that every replica switches."""
+
+    def __init__(self, settings: Any, holder: ModelHolder, on_swap: Any = None) -> None:
+        from model.registry import ModelStore
+
+        self.settings = settings
+        self.holder = holder
+        self.on_swap = on_swap
+        self.store = ModelStore(settings.model_store) if settings.model_store else None
+        self.last_error: str | None = None
+        self._failed: set[int] = set()
+        self._lock = asyncio.Lock()
+
+    def _load(self, version: int) -> ServedModel:
+        s = self.settings
+        if self.store is None:
+            path, name = s.model_path, None
+        else:
+            meta = self.store.verify(version)  # RegistryError for missing or corrupt files
+            path, name = self.store.onnx_path(version), meta.get("name")
+        return load_served_model(
+            path,
+            version=version,
+            name=name,
+            providers=s.providers or None,
+            intra_op_threads=s.intra_op_threads,
+            warmup_batch_sizes=[*s.warmup_batch_sizes, s.batch_max],
+        )
+
+    def initial_version(self) -> int:
+        if self.store is None:
+            return 1
+        return self.store.ensure_default(self.settings.model_path)
+
+    async def activate(self, version: int, *, persist: bool = True) -> ServedModel:
+        """Build and warm ``version``, then swap it in; the old model keeps serving on
+        any error (which propagates)."""
+        async with self._lock:
+            current = self.holder._current
+            if current is not None and current.version == version:
+                if persist and self.store is not None:
+                    self.store.set_active(version)
+                return current
+            served = await asyncio.to_thread(self._load, version)
+            if persist and self.store is not None:
+                self.store.set_active(version)
+            self.holder.swap(served)
+            self._failed.discard(version)
+            if self.on_swap is not None:
+                self.on_swap(served)
+            log.info("now serving %s v%d", served.name, served.version)
+            return served
+
+    async def follow(self) -> None:
+        """Poll the store's active version (a shared volume for every replica)."""
+        while True:
+            await asyncio.sleep(self.settings.model_poll_s)
+            if self.store is None or not self.holder.ready:
+                continue
+            try:
+                version = self.store.active_version()
+                if version is None or version == self.holder.current.version:
+                    continue
+                if version in self._failed:
+                    continue
+                await self.activate(version, persist=False)
+            except Exception as exc:  # keep serving the old model
+                self._failed.add(version)
+                self.last_error = f"version {version}: {exc}"
+                log.error("could not switch to model version %s: %s", version, exc)

@@ -35,9 +35,21 @@ class Settings(BaseSettings):
     decode_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     log_level: str = "info"
 
-    @field_validator("providers", mode="before")
+    # Model registry: when set, the API serves its active version and follows it.
+    model_store: Path | None = None
+    model_poll_s: float = Field(1.0, gt=0, le=3600)
+    # Jobs and data sets need Redis (and a worker); without it those endpoints say 503.
+    redis_url: str | None = None
+    data_root: Path = ROOT / "data"
+    # Bearer keys for the mutating endpoints (jobs, data sets, activation); empty: open.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_dataset_mb: float = Field(500.0, gt=0)
+    max_dataset_entries: int = Field(20_000, ge=1)
+    max_compression_ratio: float = Field(200.0, gt=1)
+
+    @field_validator("providers", "api_keys", mode="before")
     @classmethod
-    def _split_providers(cls, v: object) -> object:
+    def _split_list(cls, v: object) -> object:
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
         return v

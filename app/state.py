@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hmac
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
 from app.batching import MicroBatcher
 from app.observability import Metrics
-from app.serving import ModelHolder, ServedModel
+from app.serving import ModelHolder, ModelManager, ServedModel
 from app.settings import Settings
+from worker.jobstore import JobStore
 
 
 @dataclass
@@ -21,6 +23,18 @@ class AppState:
     holder: ModelHolder = field(default_factory=ModelHolder)
     batcher: MicroBatcher | None = None
     cpu_pool: ThreadPoolExecutor | None = None  # decode, preprocess, loss scoring
+    manager: ModelManager | None = None
+    jobs: JobStore | None = None  # Redis-backed job and data set records
+    _celery: Any = None
+
+    def celery(self) -> Any:
+        """The Celery app that enqueues jobs (made on first use: no broker at start-up)."""
+        if self._celery is None:
+            from worker.celery_app import make_celery
+            from worker.settings import WorkerSettings
+
+            self._celery = make_celery(WorkerSettings(redis_url=self.settings.redis_url))
+        return self._celery
 
 
 def get_state(request: Request) -> AppState:
@@ -36,3 +50,28 @@ def get_model(request: Request) -> ServedModel:
 
 StateDep = Annotated[AppState, Depends(get_state)]
 ModelDep = Annotated[ServedModel, Depends(get_model)]
+
+
+def get_jobs(request: Request) -> JobStore:
+    jobs = request.app.state.service.jobs
+    if jobs is None:
+        raise HTTPException(503, "jobs need Redis: set YOLOV1_REDIS_URL (make run does)")
+    return jobs
+
+
+def require_key(request: Request) -> None:
+    """Mutating endpoints need ``Authorization: Bearer <key>`` when API keys are set."""
+    keys = request.app.state.service.settings.api_keys
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token, k) for k in keys):
+        raise HTTPException(
+            401,
+            "missing or invalid API key (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+JobsDep = Annotated[JobStore, Depends(get_jobs)]
+AuthDep = Annotated[None, Depends(require_key)]

@@ -28,6 +28,7 @@ from model.loss import yolo_loss
 from model.loss_core import TERMS
 from model.metrics import ImageDetections, ImageTruth, evaluate_map
 from model.networks import build_model
+from model.plots import plot_curves
 from model.preprocess import to_input
 
 log = logging.getLogger(__name__)
@@ -303,7 +304,7 @@ def train(
                 }
             )
     prefetch.shutdown()
-    plot_curves(history, out / "curves.png")
+    plot_curves([asdict(h) for h in history], out / "curves.png")
     return TrainResult(best_path, last_path, history, best_map)
 
 
@@ -341,25 +342,3 @@ def write_metrics(history: list[EpochMetrics], out: Path) -> None:
                     h.lr,
                 ]
             )
-
-
-def plot_curves(history: list[EpochMetrics], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ep = [h.epoch for h in history]
-    a.plot(ep, [h.train["total"] for h in history], label="train")
-    a.plot(ep, [h.val.get("total", float("nan")) for h in history], label="val")
-    a.set_xlabel("epoch")
-    a.set_ylabel("loss")
-    a.legend()
-    b.plot(ep, [h.val_map for h in history], color="tab:green")
-    b.set_xlabel("epoch")
-    b.set_ylabel("val mAP@0.5")
-    b.set_ylim(0, 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from app.schemas import Job, JobList, JobRequest
+from app.state import AuthDep, JobsDep, StateDep
+from worker.jobstore import TERMINAL
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _job(rec: dict) -> Job:
+    return Job(**{k: v for k, v in rec.items() if k in Job.model_fields and v is not None})
+
+
+def _get(jobs, job_id: str) -> dict:
+    rec = jobs.get(job_id)
+    if rec is None:
+        raise HTTPException(404, f"job {job_id} does not exist")
+    return rec
+
+
+def _check_dataset(req: JobRequest, state, jobs) -> None:
+    ds = req.dataset
+    if ds.format == "shapes":
+        return
+    if (ds.path is None) == (ds.dataset_id is None):
+        raise HTTPException(422, "dataset needs exactly one of 'path' or 'dataset_id'")
+    if ds.dataset_id is not None:
+        rec = jobs.get_dataset(ds.dataset_id)
+        if rec is None:
+            raise HTTPException(422, f"data set {ds.dataset_id} does not exist")
+        if rec["format"] != ds.format:
+            raise HTTPException(
+                422, f"data set {ds.dataset_id} is {rec['format']}, not {ds.format}"
+            )
+        return
+    root = state.settings.data_root.resolve()
+    target = (root / ds.path).resolve()
+    if not target.is_relative_to(root):
+        raise HTTPException(422, "dataset.path must stay inside the data root")
+    if not target.exists():
+        raise HTTPException(422, f"dataset.path {ds.path!r} does not exist under the data root")
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Submit a fine-tuning job",
+    responses={401: {"description": "API key needed"}, 503: {"description": "no Redis"}},
+)
+def submit(req: JobRequest, state: StateDep, jobs: JobsDep, _auth: AuthDep) -> dict:
+    _check_dataset(req, state, jobs)
+    store = state.manager.store
+    if req.base_model is not None and (store is None or req.base_model not in store.versions()):
+        raise HTTPException(422, f"base_model version {req.base_model} does not exist")
+    rec = jobs.create(req.model_dump())
+    try:
+        state.celery().send_task("yolov1.train", args=[rec["id"]], queue="training")
+    except Exception as exc:
+        jobs.update(rec["id"], status="failed", error=f"could not enqueue: {exc}")
+        raise HTTPException(503, f"could not enqueue the job: {exc}") from exc
+    return {"id": rec["id"], "status": "queued"}
+
+
+@router.get("", response_model=JobList, summary="Jobs, newest first")
+def list_jobs(
+    jobs: JobsDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobList:
+    total, items = jobs.list(offset, limit)
+    return JobList(total=total, offset=offset, limit=limit, items=[_job(r) for r in items])
+
+
+@router.get("/{job_id}", response_model=Job, summary="A job's status, progress and metrics")
+def get_job(job_id: str, jobs: JobsDep) -> Job:
+    return _job(_get(jobs, job_id))
+
+
+@router.delete(
+    "/{job_id}",
+    response_model=Job,
+    summary="Cancel a job",
+    responses={401: {"description": "API key needed"}},
+)
+def cancel(job_id: str, jobs: JobsDep, _auth: AuthDep) -> Job:
+    rec = _get(jobs, job_id)
+    if rec["status"] in TERMINAL:
+        return _job(rec)
+    jobs.request_cancel(job_id)
+    if rec["status"] == "queued":  # the worker skips it when it comes
+        jobs.update(job_id, status="cancelled")
+    return _job(_get(jobs, job_id))
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Server-sent events: the job record on every change",
+    response_class=StreamingResponse,
+)
+async def events(job_id: str, jobs: JobsDep, request: Request) -> StreamingResponse:
+    _get(jobs, job_id)
+
+    async def stream():
+        last = None
+        while not await request.is_disconnected():
+            rec = await asyncio.to_thread(jobs.get, job_id)
+            if rec["updated_at"] != last:
+                last = rec["updated_at"]
+                yield f"event: job\ndata: {_job(rec).model_dump_json()}\n\n"
+                if rec["status"] in TERMINAL:
+                    yield f"event: end\ndata: {json.dumps({'status': rec['status']})}\n\n"
+                    return
+            await asyncio.sleep(0.5)
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+@router.get(
+    "/{job_id}/curves.png",
+    summary="Loss and mAP per epoch",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+async def curves(job_id: str, jobs: JobsDep) -> Response:
+    from model.plots import plot_curves
+
+    rec = _get(jobs, job_id)
+    if not rec["metrics"]:
+        raise HTTPException(404, "no epoch has finished yet")
+    png = await asyncio.to_thread(plot_curves, rec["metrics"])
+    return Response(png, media_type="image/png")

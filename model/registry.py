@@ -1,0 +1,131 @@
+"""The model registry: one folder per version under ``MODEL_STORE`` (no torch).
+
+Layout::
+
+    MODEL_STORE/
+      versions/<n>/model.onnx   the exported model
+      versions/<n>/model.json   its sidecar metadata (config, export check)
+      versions/<n>/model.pt     the checkpoint (weights and configs) to fine-tune from
+      versions/<n>/meta.json    version, name, parent, data set, hyperparameters,
+                                metrics, created time, SHA-256 of each file
+      active                    the active version number
+
+A version is written to a temporary folder and renamed into place, and
+``active`` is replaced atomically, so a reader never sees half a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+FILES = ("model.onnx", "model.json", "model.pt")
+
+
+class RegistryError(ValueError):
+    """A missing, corrupt or mismatching model version."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ModelStore:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+
+    def versions(self) -> list[int]:
+        return sorted(int(p.name) for p in self.versions_dir.iterdir() if p.name.isdigit())
+
+    def path(self, version: int) -> Path:
+        return self.versions_dir / str(version)
+
+    def onnx_path(self, version: int) -> Path:
+        return self.path(version) / "model.onnx"
+
+    def checkpoint_path(self, version: int) -> Path:
+        return self.path(version) / "model.pt"
+
+    def meta(self, version: int) -> dict[str, Any]:
+        p = self.path(version) / "meta.json"
+        if not p.exists():
+            raise RegistryError(f"model version {version} does not exist")
+        return json.loads(p.read_text())
+
+    def register(self, files: dict[str, Path], meta: dict[str, Any]) -> int:
+        """Copy ``files`` (names from :data:`FILES`) in as the next version; return it."""
+        missing = [n for n in ("model.onnx", "model.json") if n not in files]
+        if missing:
+            raise RegistryError(f"a version needs {missing}")
+        tmp = self.versions_dir / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            sums = {}
+            for name, src in files.items():
+                if name not in FILES:
+                    raise RegistryError(f"unexpected file {name}")
+                shutil.copyfile(src, tmp / name)
+                sums[name] = _sha256(tmp / name)
+            while True:  # several writers may race for the next number
+                version = max(self.versions(), default=0) + 1
+                full = {**meta, "version": version, "created_at": time.time(), "sha256": sums}
+                (tmp / "meta.json").write_text(json.dumps(full, indent=2))
+                try:
+                    os.rename(tmp, self.path(version))
+                    return version
+                except OSError:
+                    if not self.path(version).exists():
+                        raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def verify(self, version: int) -> dict[str, Any]:
+        """Check every file against its recorded checksum; return the metadata."""
+        meta = self.meta(version)
+        for name, digest in meta.get("sha256", {}).items():
+            p = self.path(version) / name
+            if not p.exists():
+                raise RegistryError(f"model version {version}: {name} is missing")
+            if _sha256(p) != digest:
+                raise RegistryError(f"model version {version}: {name} fails its checksum")
+        return meta
+
+    def active_version(self) -> int | None:
+        p = self.root / "active"
+        try:
+            return int(p.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def set_active(self, version: int) -> None:
+        self.meta(version)  # raises if it does not exist
+        tmp = self.root / f".active-{uuid.uuid4().hex}"
+        tmp.write_text(f"{version}\n")
+        os.replace(tmp, self.root / "active")
+
+    def ensure_default(self, default_onnx: Path) -> int:
+        """Register the shipped default model as version 1 when the store is empty."""
+        if not self.versions():
+            files = {"model.onnx": default_onnx, "model.json": default_onnx.with_suffix(".json")}
+            ckpt = default_onnx.with_suffix(".pt")
+            if ckpt.exists():
+                files["model.pt"] = ckpt
+            self.register(
+                files, {"name": "default", "parent": None, "source": "shipped default model"}
+            )
+        if self.active_version() is None:
+            self.set_active(self.versions()[0])
+        return self.active_version()

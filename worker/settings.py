@@ -1,0 +1,32 @@
+"""Worker configuration (environment variables with the ``YOLOV1_`` prefix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YOLOV1_", env_file=".env", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    model_store: Path = ROOT / "model_store"
+    data_root: Path = ROOT / "data"
+    default_model: Path = ROOT / "models" / "default" / "model.onnx"
+    # Long ML tasks: the broker must not hand a running job to another worker.
+    visibility_timeout_s: int = Field(12 * 3600, ge=60)
+    soft_time_limit_s: int = Field(6 * 3600, ge=1)
+    hard_time_limit_s: int = Field(6 * 3600 + 600, ge=2)
+    max_attempts: int = Field(3, ge=1)
+    lock_ttl_s: int = Field(30, ge=5)
+    heartbeat_s: float = Field(5.0, gt=0)
+    stale_after_s: int = Field(60, ge=10)
+    torch_threads: int = Field(0, ge=0)  # 0: torch's default
+
+    @property
+    def runs_root(self) -> Path:
+        return self.model_store / "runs"
