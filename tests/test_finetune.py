@@ -1,0 +1,87 @@
+"""The fine-tuning logic called directly: head rebuild by class name, registry."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from model.config import ModelConfig
+from model.finetune import JobSpec, adapt_head, run_finetune
+from model.networks import build_model
+from model.registry import ModelStore, RegistryError
+from tests.server import DEFAULT_MODEL
+
+
+def test_adapt_head_matches_classes_by_name():
+    for arch, size in (("tiny-yolov1", 64), ("fast-yolov1", 64)):
+        old = ModelConfig(
+            arch=arch, input_size=size, S=2, C=3, class_names=["a", "b", "c"], width=8
+        )
+        new = ModelConfig(arch=arch, input_size=size, S=2, C=2, class_names=["c", "z"], width=8)
+        base = build_model(old).state_dict()
+        state, rebuilt = adapt_head(base, old, new)
+        assert rebuilt
+        model = build_model(new)
+        model.load_state_dict(state)  # the shapes fit the new network
+        x = torch.randn(1, 3, size, size)
+        m_old = build_model(old).eval()
+        m_old.load_state_dict(base)
+        model.eval()
+        with torch.no_grad():
+            y_old, y_new = m_old(x), model(x)
+        assert torch.allclose(y_new[..., :10], y_old[..., :10], atol=1e-5)  # boxes kept
+        assert torch.allclose(y_new[..., 10], y_old[..., 12], atol=1e-5)  # "c" moved
+        same, rebuilt = adapt_head(base, old, old)
+        assert not rebuilt and all(torch.equal(same[k], base[k]) for k in base)
+
+
+def test_registry_atomic_versions_checksums_and_active(tmp_path):
+    store = ModelStore(tmp_path)
+    assert store.ensure_default(DEFAULT_MODEL) == 1
+    assert store.versions() == [1] and store.active_version() == 1
+    meta = store.verify(1)
+    assert set(meta["sha256"]) >= {"model.onnx", "model.json"}
+    v = store.register(
+        {"model.onnx": DEFAULT_MODEL, "model.json": DEFAULT_MODEL.with_suffix(".json")},
+        {"name": "x", "parent": 1},
+    )
+    assert v == 2 and store.meta(2)["parent"] == 1
+    assert not [p for p in (tmp_path / "versions").iterdir() if p.name.startswith(".tmp")]
+    store.set_active(2)
+    assert store.active_version() == 2
+    with open(store.onnx_path(2), "r+b") as f:
+        f.seek(100)
+        f.write(b"corrupt")
+    with pytest.raises(RegistryError, match="checksum"):
+        store.verify(2)
+    with pytest.raises(RegistryError, match="does not exist"):
+        store.set_active(9)
+
+
+def test_run_finetune_registers_a_version_with_a_rebuilt_head(tmp_path):
+    from model.shapes import write_yolo_dataset
+
+    store = ModelStore(tmp_path / "store")
+    store.ensure_default(DEFAULT_MODEL)
+    data = tmp_path / "data"
+    write_yolo_dataset(str(data), 12, seed=5)
+    # Rename the classes: two keep their names, three are new.
+    (data / "data.yaml").write_text("names: [circle, square, hexagon, blob, ring]\n")
+    spec = JobSpec(
+        dataset_format="yolo",
+        dataset_path=str(data),
+        epochs=1,
+        batch_size=4,
+        val_fraction=0.25,
+        augment=False,
+    )
+    seen = []
+    out = run_finetune(spec, tmp_path / "run", store, progress=seen.append)
+    assert out["model_version"] == 2 and out["head_rebuilt"] is True
+    meta = store.verify(2)
+    assert meta["parent"] == 1 and meta["dataset"]["classes"][2] == "hexagon"
+    side = json.loads((store.path(2) / "model.json").read_text())
+    assert side["model_config"]["class_names"] == ["circle", "square", "hexagon", "blob", "ring"]
+    assert any("epoch_metrics" in p for p in seen)

@@ -1,0 +1,347 @@
+"""Jobs end to end: the real API, real Celery worker processes and a real Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from model.registry import ModelStore
+from tests.server import DEFAULT_MODEL, ROOT, Server
+
+REDIS_URL = os.environ.get("YOLOV1_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def _redis_up() -> bool:
+    try:
+        return redis.Redis.from_url(REDIS_URL).ping()
+    except redis.RedisError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    not _redis_up(), reason=f"no Redis at {REDIS_URL} (.ci/run starts one)"
+)
+
+
+class Worker:
+    def __init__(self, env: dict[str, str], name: str) -> None:
+        self.log = open(ROOT / ".pytest_cache" / f"worker-{name}.log", "w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "--loglevel=INFO",
+                "-P",
+                "prefork",
+                "-c",
+                "1",
+                "-n",
+                f"{name}@%h",
+                "-Q",
+                "training",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()[-5000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in self.children():
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    base = tmp_path_factory.mktemp("stack")
+    env = {
+        "YOLOV1_REDIS_URL": REDIS_URL,
+        "YOLOV1_MODEL_STORE": str(base / "store"),
+        "YOLOV1_DATA_ROOT": str(base / "data"),
+        "YOLOV1_API_KEYS": KEY,
+        "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
+        "YOLOV1_MODEL_POLL_S": "0.3",
+        "YOLOV1_LOCK_TTL_S": "5",
+        "YOLOV1_HEARTBEAT_S": "1",
+        "YOLOV1_STALE_AFTER_S": "10",
+        "OMP_NUM_THREADS": "1",
+    }
+    (base / "data").mkdir()
+    api = Server(env)
+    worker = Worker(env, "w1")
+    try:
+        api.wait_ready()
+        yield {
+            "api": api,
+            "worker": worker,
+            "env": env,
+            "base": base,
+            "client": httpx.Client(base_url=api.url, timeout=30),
+        }
+    finally:
+        worker.stop()
+        api.stop()
+
+
+def _submit(client, **overrides) -> str:
+    body = {
+        "dataset": {"format": "shapes", "images": 24},
+        "epochs": 2,
+        "batch_size": 8,
+        "augment": False,
+        **overrides,
+    }
+    r = client.post("/v1/jobs", json=body, headers=AUTH)
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "queued"
+    return r.json()["id"]
+
+
+def _wait(client, job_id, until, timeout=240, worker=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if until(job):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"timed out: {job}\n{worker.output() if worker else ''}")
+
+
+def test_job_runs_registers_a_version_and_reports(stack):
+    c = stack["client"]
+    job_id = _submit(c)
+    assert c.get(f"/v1/jobs/{job_id}").json()["status"] in ("queued", "running")
+    job = _wait(c, job_id, lambda j: j["status"] in ("succeeded", "failed"), worker=stack["worker"])
+    assert job["status"] == "succeeded", job
+    assert job["model_version"] == 2
+    assert [m["epoch"] for m in job["metrics"]] == [1, 2]
+    m = job["metrics"][-1]
+    assert set(m["train"]) >= {"coord_xy", "coord_wh", "obj", "noobj", "class", "total"}
+    assert "val_map" in m and "total" in m["val"]
+    assert job["progress"]["epoch"] == 2 and job["progress"]["epochs"] == 2
+    png = c.get(f"/v1/jobs/{job_id}/curves.png")
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    versions = c.get("/v1/models").json()["versions"]
+    assert [v["version"] for v in versions] == [1, 2] and versions[1]["parent"] == 1
+    listed = c.get("/v1/jobs", params={"limit": 5}).json()
+    assert listed["total"] >= 1 and listed["items"][0]["id"] == job_id
+    with c.stream("GET", f"/v1/jobs/{job_id}/events") as r:
+        text = "".join(r.iter_text())
+    assert "event: job" in text and "event: end" in text and "succeeded" in text
+
+
+def test_sigkill_mid_job_resumes_from_checkpoint(stack):
+    c, worker = stack["client"], stack["worker"]
+    job_id = _submit(c, epochs=6, dataset={"format": "shapes", "images": 48})
+    _wait(c, job_id, lambda j: len(j["metrics"]) >= 1 and j["status"] == "running", worker=worker)
+    children = worker.children()
+    assert len(children) == 1
+    os.kill(children[0], signal.SIGKILL)
+    job = _wait(c, job_id, lambda j: j["status"] in ("succeeded", "failed"), worker=worker)
+    assert job["status"] == "succeeded", (job, worker.output())
+    assert [m["epoch"] for m in job["metrics"]] == [1, 2, 3, 4, 5, 6]
+    assert job["attempts"] == 2
+    assert job["result"]["epochs_trained"] == 6
+
+
+def test_whole_worker_killed_another_worker_takes_over(stack):
+    c = stack["client"]
+    w2 = Worker(stack["env"], "w2")
+    try:
+        stack["worker"].stop()  # only w2 takes jobs now
+        job_id = _submit(c, epochs=6, dataset={"format": "shapes", "images": 48})
+        _wait(c, job_id, lambda j: len(j["metrics"]) >= 1 and j["status"] == "running", worker=w2)
+        for pid in w2.children():
+            os.kill(pid, signal.SIGKILL)
+        w2.proc.kill()  # the main process too: nothing is re-queued by Celery
+        w2.proc.wait()
+        w3 = Worker(stack["env"], "w3")  # its reaper finds the job without a heartbeat
+        try:
+            job = _wait(c, job_id, lambda j: j["status"] in ("succeeded", "failed"), worker=w3)
+            assert job["status"] == "succeeded", (job, w3.output())
+            assert [m["epoch"] for m in job["metrics"]] == [1, 2, 3, 4, 5, 6]
+        finally:
+            w3.stop()
+    finally:
+        w2.stop()
+        stack["worker"] = Worker(stack["env"], "w1b")
+
+
+def test_cancel_stops_a_running_job(stack):
+    c = stack["client"]
+    job_id = _submit(c, epochs=200, dataset={"format": "shapes", "images": 48})
+    _wait(
+        c,
+        job_id,
+        lambda j: j["status"] == "running" and j["progress"].get("step"),
+        worker=stack["worker"],
+    )
+    t0 = time.monotonic()
+    r = c.delete(f"/v1/jobs/{job_id}", headers=AUTH)
+    assert r.status_code == 200
+    job = _wait(
+        c, job_id, lambda j: j["status"] in ("cancelled", "failed", "succeeded"), timeout=30
+    )
+    assert job["status"] == "cancelled" and time.monotonic() - t0 < 15
+    queued = _submit(c)  # cancelled while queued or running: either way it ends cancelled
+    c.delete(f"/v1/jobs/{queued}", headers=AUTH)
+    assert (
+        _wait(c, queued, lambda j: j["status"] in ("cancelled", "succeeded"))["status"]
+        == "cancelled"
+    )
+
+
+def test_mutating_endpoints_need_the_key(stack):
+    c = stack["client"]
+    body = {"dataset": {"format": "shapes"}, "epochs": 1}
+    assert c.post("/v1/jobs", json=body).status_code == 401
+    assert (
+        c.post("/v1/jobs", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+    )
+    assert c.post("/v1/models/1/activate").status_code == 401
+    assert c.post("/v1/datasets", files={"file": ("a.zip", b"x")}).status_code == 401
+    assert c.get("/v1/jobs").status_code == 200 and c.get("/v1/models").status_code == 200
+    bad = c.post(
+        "/v1/jobs",
+        json={"dataset": {"format": "yolo", "path": "../etc"}, "epochs": 1},
+        headers=AUTH,
+    )
+    assert bad.status_code == 422 and "data root" in bad.text
+    bad = c.post("/v1/jobs", json={"dataset": {"format": "shapes"}, "epochs": 0}, headers=AUTH)
+    assert bad.status_code == 422
+    assert c.get("/v1/jobs/doesnotexist").status_code == 404
+
+
+def _zip(tmp: Path, files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    path = tmp / "d.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+        for name, target in (links or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = 0o120777 << 16
+            z.writestr(info, target)
+    return path.read_bytes()
+
+
+def test_dataset_upload_and_job_on_it(stack, tmp_path):
+    from model.shapes import write_yolo_dataset
+
+    c = stack["client"]
+    write_yolo_dataset(str(tmp_path / "ds"), 10, seed=8)
+    files = {
+        f"ds/{p.relative_to(tmp_path / 'ds')}": p.read_bytes()
+        for p in (tmp_path / "ds").rglob("*")
+        if p.is_file()
+    }
+    r = c.post("/v1/datasets", files={"file": ("ds.zip", _zip(tmp_path, files))}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    summary = r.json()
+    assert summary["format"] == "yolo" and summary["images"] == 10
+    assert sum(summary["boxes_per_class"].values()) == summary["boxes"]
+    for bad in (
+        _zip(tmp_path, {"../evil.txt": b"x"}),
+        _zip(tmp_path, {"/abs.txt": b"x"}),
+        _zip(tmp_path, {"a.txt": b"x"}, links={"link": "/etc/passwd"}),
+        _zip(tmp_path, {"big.txt": b"\0" * 10_000_000}),
+        b"not a zip",
+    ):
+        r = c.post("/v1/datasets", files={"file": ("d.zip", bad)}, headers=AUTH)
+        assert r.status_code in (413, 422), r.text
+    assert not (stack["base"] / "evil.txt").exists()
+    job_id = _submit(c, dataset={"format": "yolo", "dataset_id": summary["id"]}, epochs=1)
+    job = _wait(c, job_id, lambda j: j["status"] in ("succeeded", "failed"), worker=stack["worker"])
+    assert job["status"] == "succeeded", job
+    assert job["info"]["head_rebuilt"] is False
+
+
+def test_hot_swap_under_traffic_and_every_replica_follows(stack):
+    c, api = stack["client"], stack["api"]
+    from model.shapes import make_sample
+
+    jpeg = make_sample(3).jpeg
+    replica = Server(stack["env"])
+    replica.wait_ready()
+    store = ModelStore(stack["base"] / "store")
+    target = max(store.versions())
+    assert target >= 2
+    failures, versions, stop = [], [], threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(timeout=30) as h:
+            while not stop.is_set():
+                r = h.post(
+                    f"{api.url}/v1/detect", content=jpeg, headers={"content-type": "image/jpeg"}
+                )
+                if r.status_code != 200:
+                    failures.append(r.status_code)
+                else:
+                    versions.append(r.json()["model"]["version"])
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        r = c.post(f"/v1/models/{target}/activate", headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == target
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert not failures
+        assert versions[-1] == target and 1 in versions
+        # The replica follows the store's active version.
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{replica.url}/readyz").json()["model"]["version"] != target:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        # A corrupt version is refused and the current one keeps serving.
+        bad = store.register(
+            {"model.onnx": store.onnx_path(1), "model.json": store.path(1) / "model.json"},
+            {"name": "bad"},
+        )
+        with open(store.onnx_path(bad), "r+b") as f:
+            f.write(b"garbage garbage")
+        r = c.post(f"/v1/models/{bad}/activate", headers=AUTH)
+        assert r.status_code == 422 and "refused" in r.text
+        assert c.get("/readyz").json()["model"]["version"] == target
+        store.set_active(1)
+        assert c.post(f"/v1/models/{bad}/activate", headers=AUTH).status_code == 422
+    finally:
+        stop.set()
+        replica.stop()
