@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= train,api,worker,cpu,dev
 
-.PHONY: install test run bench model lint clean
+.PHONY: install test run run-api bench model lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# The API on YOLOV1_HOST:YOLOV1_PORT (127.0.0.1:8000) and one training worker;
+# an embedded Redis unless YOLOV1_REDIS_URL is set (scripts/serve.py).
 run: $(STAMP)
+	$(BIN)/python scripts/serve.py
+
+# The API alone (detect, loss, models); no Redis, no worker.
+run-api: $(STAMP)
 	$(BIN)/python -m app
 
 bench: $(STAMP)
