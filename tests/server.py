@@ -32,6 +32,7 @@ class Server:
             "YOLOV1_LOG_LEVEL": "warning",
             **(env or {}),
         }
+        (ROOT / ".pytest_cache").mkdir(exist_ok=True)
         self.log = open(ROOT / ".pytest_cache" / f"server-{self.port}.log", "w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app"],

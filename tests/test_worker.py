@@ -37,6 +37,7 @@ pytestmark = pytest.mark.skipif(
 
 class Worker:
     def __init__(self, env: dict[str, str], name: str) -> None:
+        (ROOT / ".pytest_cache").mkdir(exist_ok=True)
         self.log = open(ROOT / ".pytest_cache" / f"worker-{name}.log", "w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [

@@ -1,0 +1,81 @@
+"""Jobs: time from submit to running, and training throughput inside a Celery worker
+against the same training loop called directly, in one run (needs Redis)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import redis
+from common import DEFAULT_MODEL, log, setup_logging
+
+from model.finetune import JobSpec, run_finetune
+from model.registry import ModelStore
+from tests.server import Server
+from tests.test_worker import Worker
+
+REDIS_URL = os.environ.get("YOLOV1_BENCH_REDIS_URL", "redis://127.0.0.1:6379/8")
+JOB = {
+    "dataset": {"format": "shapes", "images": 96},
+    "epochs": 3,
+    "batch_size": 16,
+    "augment": True,
+    "seed": 0,
+}
+
+
+def images_per_s(history: list[dict]) -> float:
+    rates = [h["images_per_s"] for h in history[1:]] or [h["images_per_s"] for h in history]
+    return sum(rates) / len(rates)
+
+
+def main() -> None:
+    setup_logging()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    base = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    store = ModelStore(base / "direct-store")
+    store.ensure_default(DEFAULT_MODEL)
+    spec = JobSpec(dataset_format="shapes", shapes_images=96, epochs=3, batch_size=16, seed=0)
+    direct = run_finetune(spec, base / "direct-run", store)
+    direct_rate = images_per_s(store.meta(direct["model_version"])["metrics"]["history"])
+
+    env = {
+        "YOLOV1_REDIS_URL": REDIS_URL,
+        "YOLOV1_MODEL_STORE": str(base / "store"),
+        "YOLOV1_DATA_ROOT": str(base),
+        "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
+    }
+    api, worker = Server(env), Worker(env, "bench")
+    try:
+        api.wait_ready()
+        with httpx.Client(base_url=api.url, timeout=30) as c:
+            time.sleep(3)  # let the worker connect
+            t0 = time.perf_counter()
+            job_id = c.post("/v1/jobs", json=JOB).json()["id"]
+            running_at = None
+            while True:
+                job = c.get(f"/v1/jobs/{job_id}").json()
+                if running_at is None and job["status"] != "queued":
+                    running_at = time.perf_counter() - t0
+                if job["status"] in ("succeeded", "failed", "cancelled"):
+                    break
+                time.sleep(0.05)
+        worker_rate = images_per_s(job["metrics"])
+    finally:
+        worker.stop()
+        api.stop()
+    log.info("job: submit to running %.2f s, status %s", running_at, job["status"])
+    log.info(
+        "training inside the worker %.1f img/s, the same loop called directly %.1f img/s, "
+        "ratio %.2f (target >= 0.95)",
+        worker_rate,
+        direct_rate,
+        worker_rate / direct_rate,
+    )
+
+
+if __name__ == "__main__":
+    main()
