@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -24,9 +23,14 @@ SIZE = 96
 
 @pytest.fixture(scope="module")
 def small_data():
-    # Eight images with one or two objects each, so that a 3x3 grid can hold them all.
-    ds = shapes_dataset(40, 99)
-    ds.records = [r for r in ds.records if 1 <= len(r.labels) <= 2][:8]
+    # Eight images with one or two objects each, in different cells of a 3x3 grid.
+    ds = shapes_dataset(60, 99)
+
+    def fits(r) -> bool:
+        cells = {(min(int(cy * 3), 2), min(int(cx * 3), 2)) for _, cx, cy, _, _ in r.labels}
+        return 1 <= len(r.labels) <= 2 and len(cells) == len(r.labels)
+
+    ds.records = [r for r in ds.records if fits(r)][:8]
     X, L = to_arrays(ds, SIZE)
     return X, L
 
@@ -47,10 +51,10 @@ def _cfg():
 def test_overfits_a_handful_of_images(small_data, tmp_path):
     X, L = small_data
     tc = TrainConfig(
-        epochs=50,
+        epochs=80,
         batch_size=2,
         optimizer="adamw",
-        learning_rate=3e-3,
+        learning_rate=5e-3,
         warmup_epochs=2,
         augment=False,
         weight_decay=0.0,
@@ -61,22 +65,38 @@ def test_overfits_a_handful_of_images(small_data, tmp_path):
     assert r.best_map >= 0.8, [round(h.val_map, 3) for h in r.history]
     assert (tmp_path / "best.pt").exists() and (tmp_path / "curves.png").exists()
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 51
+    assert len(rows) == 81
 
 
 def test_resume_continues_exactly(small_data, tmp_path):
+    from model.train import Cancelled
+
     X, L = small_data
     tc = TrainConfig(epochs=3, batch_size=4, optimizer="sgd", learning_rate=0.01, seed=3)
     full = train(_cfg(), tc, X, L, X[:4], L[:4], tmp_path / "full")
-    part = train(_cfg(), replace(tc, epochs=2), X, L, X[:4], L[:4], tmp_path / "part")
-    assert part.history[-1].epoch == 2
-    # Continue the 2-epoch run to 3 epochs from its last checkpoint.
-    resumed = train(_cfg(), tc, X, L, X[:4], L[:4], tmp_path / "part", resume=part.last_checkpoint)
+    # The same run, stopped at the first step of epoch 3 (2 steps an epoch) ...
+    calls = iter(range(100))
+    with pytest.raises(Cancelled):
+        train(
+            _cfg(),
+            tc,
+            X,
+            L,
+            X[:4],
+            L[:4],
+            tmp_path / "part",
+            should_cancel=lambda: next(calls) == 4,
+        )
+    # ... and continued from its last checkpoint ends exactly where the full run did.
+    resumed = train(
+        _cfg(), tc, X, L, X[:4], L[:4], tmp_path / "part", resume=tmp_path / "part" / "last.pt"
+    )
     a = torch.load(full.last_checkpoint, weights_only=False)["model"]
     b = torch.load(resumed.last_checkpoint, weights_only=False)["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed.history[-1].train == full.history[-1].train
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
 
 
 def test_cancel_check_stops_training(small_data, tmp_path):
