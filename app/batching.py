@@ -36,18 +36,16 @@ class MicroBatcher:
 
     def __init__(
         self,
-        get_model: Callable[[], Any],
         *,
         max_batch: int,
         wait_ms: float,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
-        self.get_model = get_model
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000
         self.on_batch = on_batch
         self.incoming = 0  # requests decoding an image that will be submitted soon
-        self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future, float]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[np.ndarray, Any, asyncio.Future, float]] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
 
@@ -61,13 +59,14 @@ class MicroBatcher:
                 await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(self, image: np.ndarray) -> BatchResult:
-        """``image``: ``(size, size, 3)`` uint8 at the model's input size."""
+    async def submit(self, image: np.ndarray, model: Any) -> BatchResult:
+        """``image``: ``(size, size, 3)`` uint8, prepared for ``model``, which runs it
+        (so a request that started before a model swap finishes on the old model)."""
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._queue.put((image, fut, time.perf_counter()))
+        await self._queue.put((image, model, fut, time.perf_counter()))
         return await fut
 
-    async def _gather(self) -> list[tuple[np.ndarray, asyncio.Future, float]]:
+    async def _gather(self) -> list[tuple[np.ndarray, Any, asyncio.Future, float]]:
         batch = [await self._queue.get()]
         deadline = time.perf_counter() + self.wait_s
         while len(batch) < self.max_batch:
@@ -84,27 +83,32 @@ class MicroBatcher:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._gather()
-            live = [b for b in batch if not b[1].done()]
-            if not live:
-                continue
-            model = self.get_model()  # one model for the whole batch, even mid-swap
-            images = np.stack([b[0] for b in live])
-            t0 = time.perf_counter()
-            try:
-                grids = await loop.run_in_executor(self._executor, model.run, images)
-            except Exception as exc:  # hand the error to every waiting request
-                log.exception("inference failed")
-                for _, fut, _ in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            ms = (time.perf_counter() - t0) * 1000
-            if self.on_batch is not None:
-                self.on_batch(len(live), ms / 1000)
-            for (_, fut, queued_at), grid in zip(live, grids, strict=True):
+            batch = [b for b in await self._gather() if not b[2].done()]
+            groups: dict[int, list] = {}
+            for item in batch:  # one ONNX Runtime call per model (two only mid-swap)
+                groups.setdefault(id(item[1]), []).append(item)
+            for items in groups.values():
+                await self._run(items)
+
+    async def _run(self, items: list[tuple[np.ndarray, Any, asyncio.Future, float]]) -> None:
+        model = items[0][1]
+        images = np.stack([b[0] for b in items])
+        t0 = time.perf_counter()
+        try:
+            grids = await asyncio.get_running_loop().run_in_executor(
+                self._executor, model.run, images
+            )
+        except Exception as exc:  # hand the error to every waiting request
+            log.exception("inference failed")
+            for _, _, fut, _ in items:
                 if not fut.done():
-                    queue_ms = (t0 - queued_at) * 1000
-                    fut.set_result(BatchResult(grid, model, ms, queue_ms, len(live)))
+                    fut.set_exception(exc)
+            return
+        seconds = time.perf_counter() - t0
+        if self.on_batch is not None:
+            self.on_batch(len(items), seconds)
+        for (_, _, fut, queued_at), grid in zip(items, grids, strict=True):
+            if not fut.done():
+                queue_ms = (t0 - queued_at) * 1000
+                fut.set_result(BatchResult(grid, model, seconds * 1000, queue_ms, len(items)))

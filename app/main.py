@@ -64,7 +64,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         state.cpu_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="cpu")
         state.batcher = MicroBatcher(
-            lambda: state.holder.current,
             max_batch=settings.batch_max,
             wait_ms=settings.batch_wait_ms,
             on_batch=state.metrics.observe_batch,

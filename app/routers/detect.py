@@ -137,9 +137,7 @@ async def _detect_one(state: AppState, data: bytes, opts: dict[str, Any]):
             raise HTTPException(400, str(exc)) from exc
     finally:
         batcher.incoming -= 1
-    if arr.shape[0] != model.cfg.input_size:  # the model was swapped while decoding
-        arr = model.detector.preprocess(img)
-    res = await batcher.submit(arr)
+    res = await batcher.submit(arr, model)
     t0 = time.perf_counter()
     served: ServedModel = res.model
     found = served.detector.postprocess(res.grid, img.width, img.height, **opts)
