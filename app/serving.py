@@ -137,7 +137,8 @@ class ModelManager:
             name=name,
             providers=s.providers or None,
             intra_op_threads=s.intra_op_threads,
-            warmup_batch_sizes=[*s.warmup_batch_sizes, s.batch_max],
+            # every batch size the batcher can form, so no request meets a cold shape
+            warmup_batch_sizes=[*s.warmup_batch_sizes, *range(1, s.batch_max + 1)],
         )
 
     def initial_version(self) -> int:
