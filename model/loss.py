@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from model.layout import darknet_to_cells
-from model.loss_core import (
-    TERMS,
-    ConfidenceTarget,
-    Reduction,
-    check_config,
-    loss_terms,
-    reduce,
-    target_arrays,
-)
-from model.targets import build_targets
+from model.loss_core import ConfidenceTarget, LossResult, Reduction, compute_loss
 
-
-@dataclass
-class LossResult:
-    """Loss of a batch. ``total`` and ``terms`` follow ``reduction``;
-    ``per_image`` always holds ``(N,)`` tensors ("total" and each term)."""
-
-    total: torch.Tensor
-    terms: dict[str, torch.Tensor]
-    per_image: dict[str, torch.Tensor]
-    objects: torch.Tensor  # (N,) objects assigned to a cell
-    dropped: torch.Tensor  # (N,) objects dropped because their cell was taken
+__all__ = ["LossResult", "YoloLoss", "yolo_loss"]
 
 
 def yolo_loss(
@@ -46,47 +25,36 @@ def yolo_loss(
     reduction: Reduction = "mean",
     layout: str = "cells",
 ) -> LossResult:
-    """YOLOv1 loss (Redmon et al. 2016, eq. 3).
+    """YOLOv1 loss (Redmon et al. 2016, eq. 3; docs/loss.md).
 
     ``predictions``: ``(N, S, S, 5B + C)`` (or ``(N, S*S*(5B+C))`` with
     ``layout="darknet"``); ``labels``: N float tensors ``(k, 5)`` of
     ``(class_id, cx, cy, w, h)`` in fractions of the image. Computed in float32
     (float64 stays float64) even under autocast.
     """
-    if layout == "darknet":
-        predictions = darknet_to_cells(predictions, S=S, B=B, C=C)
-    elif layout != "cells":
-        raise ValueError(f"layout must be 'cells' or 'darknet', got {layout!r}")
-    check_config(tuple(predictions.shape), S, B, C, confidence_target, reduction)
     dtype = torch.float64 if predictions.dtype == torch.float64 else torch.float32
     device = predictions.device
-    targets = build_targets(labels, predictions.shape[0], S, C)
-    t = {
-        k: torch.as_tensor(v, device=device).to(dtype if v.dtype.kind == "f" else None)
-        for k, v in target_arrays(targets, S, B).items()
-    }
+
+    def as_array(a):  # NumPy targets -> tensors beside the predictions
+        t = torch.as_tensor(a, device=device)
+        return t.to(dtype) if t.is_floating_point() else t
+
     with torch.autocast(device_type=device.type, enabled=False):
-        terms = loss_terms(
+        return compute_loss(
             torch,
             predictions.to(dtype),
-            t,
+            labels,
             S=S,
             B=B,
             C=C,
             lambda_coord=lambda_coord,
             lambda_noobj=lambda_noobj,
             confidence_target=confidence_target,
+            reduction=reduction,
+            layout=layout,
+            as_array=as_array,
             detach=torch.Tensor.detach,
         )
-    per_image = dict(terms)
-    per_image["total"] = torch.stack([terms[k] for k in TERMS]).sum(0)
-    return LossResult(
-        total=reduce(per_image["total"], reduction),
-        terms={k: reduce(terms[k], reduction) for k in TERMS},
-        per_image=per_image,
-        objects=torch.as_tensor(targets.objects),
-        dropped=torch.as_tensor(targets.dropped),
-    )
 
 
 class YoloLoss(nn.Module):

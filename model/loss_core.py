@@ -8,9 +8,12 @@ call :func:`loss_terms`. docs/loss.md is the contract.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from model.targets import GridTargets
+from model.layout import darknet_to_cells
+from model.targets import GridTargets, build_targets
 
 TERMS = ("coord_xy", "coord_wh", "obj", "noobj", "class")
 ConfidenceTarget = Literal["iou", "one"]
@@ -128,3 +131,68 @@ def reduce(per_image: Any, reduction: Reduction) -> Any:
     if reduction == "sum":
         return per_image.sum()
     return per_image
+
+
+@dataclass
+class LossResult:
+    """Loss of a batch, as arrays of the library that computed it.
+
+    ``total`` and ``terms`` follow ``reduction``; ``per_image`` always holds
+    ``(N,)`` arrays ("total" and each term); ``objects`` and ``dropped`` are
+    ``(N,)`` NumPy int arrays: objects assigned to a cell, and objects dropped
+    because their cell was already taken."""
+
+    total: Any
+    terms: dict[str, Any]
+    per_image: dict[str, Any]
+    objects: Any
+    dropped: Any
+
+
+def compute_loss(
+    xp: Any,
+    pred: Any,
+    labels: Sequence[object],
+    *,
+    S: int,
+    B: int,
+    C: int,
+    lambda_coord: float,
+    lambda_noobj: float,
+    confidence_target: ConfidenceTarget,
+    reduction: Reduction,
+    layout: str,
+    as_array: Callable[[Any], Any],
+    detach: Callable[[Any], Any] = lambda a: a,
+) -> LossResult:
+    """Everything between the array library's wrapper and :func:`loss_terms`:
+    layout, checks, targets, the image total and the reduction. ``as_array``
+    turns a NumPy target array into ``xp`` on ``pred``'s device and dtype."""
+    if layout == "darknet":
+        pred = darknet_to_cells(pred, S=S, B=B, C=C)
+    elif layout != "cells":
+        raise ValueError(f"layout must be 'cells' or 'darknet', got {layout!r}")
+    check_config(tuple(pred.shape), S, B, C, confidence_target, reduction)
+    targets = build_targets(labels, pred.shape[0], S, C)
+    t = {k: as_array(v) for k, v in target_arrays(targets, S, B).items()}
+    terms = loss_terms(
+        xp,
+        pred,
+        t,
+        S=S,
+        B=B,
+        C=C,
+        lambda_coord=lambda_coord,
+        lambda_noobj=lambda_noobj,
+        confidence_target=confidence_target,
+        detach=detach,
+    )
+    per_image = dict(terms)
+    per_image["total"] = sum(terms[k] for k in TERMS)
+    return LossResult(
+        total=reduce(per_image["total"], reduction),
+        terms={k: reduce(terms[k], reduction) for k in TERMS},
+        per_image=per_image,
+        objects=targets.objects,
+        dropped=targets.dropped,
+    )
