@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -54,9 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             version = await asyncio.to_thread(state.manager.initial_version)
             await state.manager.activate(version, persist=False)
         except Exception:
-            log.exception("could not load the model; stopping")
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
+            # Fail fast: a replica without a model must not linger unready.
+            log.exception("could not load the model; exiting")
+            logging.shutdown()
+            os._exit(3)
         log.info("ready in %.2f s", time.perf_counter() - t0)
         await state.manager.follow()
 
