@@ -434,3 +434,14 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(server):
 
 def client_ok(server) -> bool:
     return httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+def test_corrupt_model_exits_non_zero(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not an onnx file")
+    s = Server({"YOLOV1_MODEL_PATH": str(bad)})
+    try:
+        assert s.proc.wait(60) == 3
+        assert "could not load the model" in s.output()
+    finally:
+        s.stop()
