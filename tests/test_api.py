@@ -403,7 +403,8 @@ def test_bad_configuration_fails_fast(tmp_path):
     assert r.returncode == 2 and "model_path" in r.stderr
 
 
-def test_fuzzing_the_openapi_schema_finds_no_server_error(server):
+def fuzz(url: str, *extra: str) -> None:
+    """Schemathesis against the running server's OpenAPI schema: no 5xx, ever."""
     import subprocess
     import sys
     from pathlib import Path as P
@@ -413,7 +414,8 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(server):
         [
             str(st),
             "run",
-            f"{server.url}/openapi.json",
+            f"{url}/openapi.json",
+            *extra,
             "--checks",
             "not_a_server_error",
             "--max-examples",
@@ -429,6 +431,12 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(server):
     )
     assert r.returncode == 0, r.stdout[-3000:]
     assert " passed" in r.stdout
+
+
+def test_fuzzing_the_openapi_schema_finds_no_server_error(server):
+    # Jobs and data sets need Redis, which this server has not (they answer 503
+    # by design); tests/test_worker.py fuzzes them on the full stack.
+    fuzz(server.url, "--exclude-path-regex", "^/v1/(jobs|datasets)")
     assert client_ok(server)
 
 

@@ -71,7 +71,7 @@ def submit(req: JobRequest, state: StateDep, jobs: JobsDep, _auth: AuthDep) -> d
 @router.get("", response_model=JobList, summary="Jobs, newest first")
 def list_jobs(
     jobs: JobsDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobList:
     total, items = jobs.list(offset, limit)
