@@ -9,11 +9,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.batching import MicroBatcher
-from app.observability import Metrics
+from app.observability import Metrics, MetricsMiddleware
 from app.routers import datasets, detect, health, jobs, loss, models
 from app.schemas import LossRequest
 from app.serving import ModelManager
@@ -105,18 +105,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi
 
-    @app.middleware("http")
-    async def record_metrics(request: Request, call_next):
-        t0 = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            path = route.path if route is not None else "unmatched"
-            state.metrics.requests.labels(path, request.method, str(status)).inc()
-            state.metrics.latency.labels(path, request.method).observe(time.perf_counter() - t0)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
 
     return app

@@ -65,7 +65,7 @@ def load_served_model(
 
     Raises ``ValueError`` (or ONNX Runtime's error) for a corrupt or mismatching model.
     """
-    det = OnnxDetector(path, providers=providers, intra_op_threads=intra_op_threads)
+    det = OnnxDetector(path, providers=providers, intra_op_threads=intra_op_threads, spin=False)
     served = ServedModel(det, name or det.metadata.get("name", path.parent.name), version, path)
     size = det.cfg.input_size
     for n in sorted(set(warmup_batch_sizes)):

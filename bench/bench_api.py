@@ -7,6 +7,7 @@ import io
 import json
 import threading
 import time
+from http.client import HTTPConnection
 from pathlib import Path
 
 import httpx
@@ -28,6 +29,14 @@ def jpegs(n: int) -> list[bytes]:
         img.save(buf, format="JPEG", quality=90)
         out.append(buf.getvalue())
     return out
+
+
+def post_image(conn: HTTPConnection, data: bytes) -> None:
+    conn.request("POST", "/v1/detect", body=data, headers={"Content-Type": "image/jpeg"})
+    r = conn.getresponse()
+    r.read()
+    if r.status != 200:
+        raise RuntimeError(f"status {r.status}")
 
 
 def main() -> None:
@@ -70,11 +79,13 @@ def main() -> None:
         errors = []
 
         def client_loop(j: int) -> None:
-            with httpx.Client(timeout=60) as c:
-                for i in range(per_client):
-                    r = c.post(url, content=images[(i + j) % len(images)], headers=hdr)
-                    if r.status_code != 200:
-                        errors.append(r.status_code)
+            conn = HTTPConnection("127.0.0.1", server.port)
+            for i in range(per_client):
+                try:
+                    post_image(conn, images[(i + j) % len(images)])
+                except RuntimeError as exc:
+                    errors.append(str(exc))
+            conn.close()
 
         threads = [threading.Thread(target=client_loop, args=(j,)) for j in range(n_clients)]
         t0 = time.perf_counter()

@@ -66,6 +66,7 @@ class OnnxDetector:
         *,
         providers: list[str] | None = None,
         intra_op_threads: int | None = None,
+        spin: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -74,6 +75,10 @@ class OnnxDetector:
         opts.intra_op_num_threads = intra_op_threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:
+            # Idle ORT threads spin-wait by default, taking the cores that decoding,
+            # the event loop and other processes need between runs.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(self.path), sess_options=opts, providers=providers or default_providers()
         )

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import TypeAdapter
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
@@ -23,6 +24,7 @@ from model.preprocess import (
 )
 
 router = APIRouter(prefix="/v1", tags=["detect"])
+RESULTS = TypeAdapter(list[DetectResult])
 
 IMAGE_BODY = {"type": "string", "format": "binary"}
 OPENAPI_BODY = {
@@ -228,4 +230,8 @@ async def detect(
                 raw=np.asarray(res.grid, dtype=np.float64).tolist() if include_raw else None,
             )
         )
-    return results[0] if len(results) == 1 else results
+    # Built from validated parts already: serialise once instead of having FastAPI
+    # validate the response model again (a measurable share of a ~6 ms request).
+    if len(results) == 1:
+        return Response(results[0].model_dump_json(), media_type="application/json")
+    return Response(RESULTS.dump_json(results), media_type="application/json")
