@@ -48,6 +48,33 @@ class MicroBatcher:
         self._queue: asyncio.Queue[tuple[np.ndarray, Any, asyncio.Future, float]] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
+        self._busy = 0  # jobs handed to the inference thread and not yet done
+
+    @property
+    def idle(self) -> bool:
+        """No batch running or queued, and no other request on its way."""
+        return self._busy == 0 and self._queue.empty() and self.incoming <= 1
+
+    async def run_alone(self, prepare: Callable[[], tuple], model: Any) -> tuple:
+        """Run ``prepare()`` (decode and resize: ``(img, arr, ...)``) and the model on
+        that one image in a single trip to the inference thread."""
+
+        def job() -> tuple:
+            prepared = prepare()
+            t0 = time.perf_counter()
+            grid = model.run(prepared[1][None])[0]
+            return (*prepared, grid, time.perf_counter() - t0)
+
+        self._busy += 1
+        try:
+            *prepared, grid, seconds = await asyncio.get_running_loop().run_in_executor(
+                self._executor, job
+            )
+        finally:
+            self._busy -= 1
+        if self.on_batch is not None:
+            self.on_batch(1, seconds)
+        return (*prepared, BatchResult(grid, model, seconds * 1000, 0.0, 1))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -95,6 +122,7 @@ class MicroBatcher:
         model = items[0][1]
         images = np.stack([b[0] for b in items])
         t0 = time.perf_counter()
+        self._busy += 1
         try:
             grids = await asyncio.get_running_loop().run_in_executor(
                 self._executor, model.run, images
@@ -105,6 +133,8 @@ class MicroBatcher:
                 if not fut.done():
                     fut.set_exception(exc)
             return
+        finally:
+            self._busy -= 1
         seconds = time.perf_counter() - t0
         if self.on_batch is not None:
             self.on_batch(len(items), seconds)

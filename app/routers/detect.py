@@ -122,15 +122,22 @@ def _decode_and_prepare(data: bytes, model: ServedModel, max_pixels: int):
 
 
 async def _detect_one(state: AppState, data: bytes, opts: dict[str, Any]):
-    loop = asyncio.get_running_loop()
     batcher = state.batcher
+    model = state.holder.current
     batcher.incoming += 1
     try:
-        model = state.holder.current
         try:
-            img, arr, decode_ms, prep_ms = await loop.run_in_executor(
-                state.cpu_pool, _decode_and_prepare, data, model, state.settings.max_pixels
-            )
+            if batcher.idle:
+                # Nothing to batch with: decode, prepare and run in one hop to the
+                # inference thread (batches that form meanwhile queue behind it).
+                img, arr, decode_ms, prep_ms, res = await batcher.run_alone(
+                    lambda: _decode_and_prepare(data, model, state.settings.max_pixels), model
+                )
+            else:
+                img, arr, decode_ms, prep_ms = await asyncio.get_running_loop().run_in_executor(
+                    state.cpu_pool, _decode_and_prepare, data, model, state.settings.max_pixels
+                )
+                res = None
         except ImageTooLargeError as exc:
             raise HTTPException(413, str(exc)) from exc
         except UnsupportedFormatError as exc:
@@ -139,23 +146,20 @@ async def _detect_one(state: AppState, data: bytes, opts: dict[str, Any]):
             raise HTTPException(400, str(exc)) from exc
     finally:
         batcher.incoming -= 1
-    res = await batcher.submit(arr, model)
+    if res is None:
+        res = await batcher.submit(arr, model)
     t0 = time.perf_counter()
     served: ServedModel = res.model
     found = served.detector.postprocess(res.grid, img.width, img.height, **opts)
     post_ms = (time.perf_counter() - t0) * 1000
-    return (
-        img,
-        res,
-        found,
-        Timing(
-            decode=decode_ms,
-            preprocess=prep_ms,
-            queue=res.queue_ms,
-            inference=res.inference_ms,
-            postprocess=post_ms,
-        ),
+    timing = Timing(
+        decode=decode_ms,
+        preprocess=prep_ms,
+        queue=res.queue_ms,
+        inference=res.inference_ms,
+        postprocess=post_ms,
     )
+    return img, res, found, timing
 
 
 @router.post(
