@@ -98,6 +98,18 @@ def make_batch(
     return x, labs
 
 
+def loss_options(cfg: ModelConfig, tc: TrainConfig) -> dict:
+    """The loss's grid and weights for this model and run."""
+    return dict(
+        S=cfg.S,
+        B=cfg.B,
+        C=cfg.C,
+        lambda_coord=tc.lambda_coord,
+        lambda_noobj=tc.lambda_noobj,
+        confidence_target=tc.confidence_target,
+    )
+
+
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     if step < warmup:
         return base * (0.1 + 0.9 * step / max(warmup, 1))
@@ -126,17 +138,7 @@ def evaluate(
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.amp and bf16_supported()):
             pred = model(x)
         pred = pred.float()
-        r = yolo_loss(
-            pred,
-            labs,
-            S=cfg.S,
-            B=cfg.B,
-            C=cfg.C,
-            lambda_coord=tc.lambda_coord,
-            lambda_noobj=tc.lambda_noobj,
-            confidence_target=tc.confidence_target,
-            reduction="sum",
-        )
+        r = yolo_loss(pred, labs, **loss_options(cfg, tc), reduction="sum")
         for k in TERMS:
             sums[k] += float(r.terms[k])
         for p, lab in zip(pred.numpy(), labs, strict=True):
@@ -233,16 +235,7 @@ def train(
                 g["lr"] = lr
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                 pred = model(x)  # (N, S, S, 5B + C)
-            r = yolo_loss(
-                pred,
-                labs,
-                S=model_cfg.S,
-                B=model_cfg.B,
-                C=model_cfg.C,
-                lambda_coord=tc.lambda_coord,
-                lambda_noobj=tc.lambda_noobj,
-                confidence_target=tc.confidence_target,
-            )
+            r = yolo_loss(pred, labs, **loss_options(model_cfg, tc))
             opt.zero_grad(set_to_none=True)
             r.total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
