@@ -103,6 +103,10 @@ class ModelHolder:
     def ready(self) -> bool:
         return self._current is not None
 
+    def peek(self) -> ServedModel | None:
+        """The current model, or None before the first one is loaded."""
+        return self._current
+
     def swap(self, model: ServedModel) -> ServedModel | None:
         with self._lock:
             old, self._current = self._current, model
@@ -150,7 +154,7 @@ class ModelManager:
         """Build and warm ``version``, then swap it in; the old model keeps serving on
         any error (which propagates)."""
         async with self._lock:
-            current = self.holder._current
+            current = self.holder.peek()
             if current is not None and current.version == version:
                 if persist and self.store is not None:
                     self.store.set_active(version)
