@@ -96,6 +96,7 @@ def run_finetune(
     progress: Callable[[dict], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     on_info: Callable[[dict], None] | None = None,
+    checkpoint_on: tuple[type[BaseException], ...] = (),
 ) -> dict[str, Any]:
     """Train from ``spec.base_version``, resuming from ``run_dir/last.pt`` when a previous
     attempt left one; export, verify and register the result. Returns what the job reports."""
@@ -156,6 +157,7 @@ def run_finetune(
         init_weights=weights,
         progress=progress,
         should_cancel=should_cancel,
+        checkpoint_on=checkpoint_on,
     )
     export_onnx(result.best_checkpoint, run_dir / "model.onnx", real_images=Xva[:4])
     slim_checkpoint(result.best_checkpoint, run_dir / "model.pt")

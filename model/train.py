@@ -167,8 +167,12 @@ def train(
     init_weights: dict[str, torch.Tensor] | None = None,
     progress: Callable[[dict], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    checkpoint_on: tuple[type[BaseException], ...] = (),
 ) -> TrainResult:
-    """Train, validating and checkpointing (``last.pt``, ``best.pt``) every epoch."""
+    """Train, validating and checkpointing (``last.pt``, ``best.pt``) every epoch.
+
+    An exception of a type in ``checkpoint_on`` raised during training (Celery's soft
+    time limit, say) first saves ``interrupted.pt`` with the weights at that step."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(tc.seed)
@@ -208,95 +212,111 @@ def train(
     warmup = int(tc.warmup_epochs * steps_per_epoch)
     last_path, best_path = out / "last.pt", out / "best.pt"
     prefetch = ThreadPoolExecutor(1)
-    for epoch in range(start_epoch, tc.epochs):
-        model.train()
-        order = np.random.default_rng((tc.seed, epoch)).permutation(n)
-        sums, seen, t0 = dict.fromkeys(TERMS, 0.0), 0, time.perf_counter()
-        aug_seed = (tc.seed, epoch) if tc.augment else None
+    epoch, step = start_epoch, 0
+    try:
+        for epoch in range(start_epoch, tc.epochs):
+            model.train()
+            order = np.random.default_rng((tc.seed, epoch)).permutation(n)
+            sums, seen, t0 = dict.fromkeys(TERMS, 0.0), 0, time.perf_counter()
+            aug_seed = (tc.seed, epoch) if tc.augment else None
 
-        def batch_at(step: int, order=order, aug_seed=aug_seed):
-            idx = order[step * tc.batch_size : (step + 1) * tc.batch_size]
-            return idx, *make_batch(train_images, train_labels, idx, model_cfg, aug_seed)
+            def batch_at(step: int, order=order, aug_seed=aug_seed):
+                idx = order[step * tc.batch_size : (step + 1) * tc.batch_size]
+                return idx, *make_batch(train_images, train_labels, idx, model_cfg, aug_seed)
 
-        # Prepare the next batch in a thread while this one trains (PIL and
-        # NumPy release the GIL); the batch contents do not depend on timing.
-        pending = prefetch.submit(batch_at, 0)
-        for step in range(steps_per_epoch):
-            if should_cancel is not None and should_cancel():
-                pending.cancel()
-                raise Cancelled(f"cancelled at epoch {epoch}, step {step}")
-            idx, x, labs = pending.result()
-            if step + 1 < steps_per_epoch:
-                pending = prefetch.submit(batch_at, step + 1)
-            if tc.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            lr = lr_at(epoch * steps_per_epoch + step, total_steps, warmup, tc.learning_rate)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                pred = model(x)  # (N, S, S, 5B + C)
-            r = yolo_loss(pred, labs, **loss_options(model_cfg, tc))
-            opt.zero_grad(set_to_none=True)
-            r.total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            seen += len(idx)
-            terms = {k: float(v.detach()) for k, v in r.terms.items()}
-            for k in TERMS:
-                sums[k] += terms[k] * len(idx)
+            # Prepare the next batch in a thread while this one trains (PIL and
+            # NumPy release the GIL); the batch contents do not depend on timing.
+            pending = prefetch.submit(batch_at, 0)
+            for step in range(steps_per_epoch):
+                if should_cancel is not None and should_cancel():
+                    pending.cancel()
+                    raise Cancelled(f"cancelled at epoch {epoch}, step {step}")
+                idx, x, labs = pending.result()
+                if step + 1 < steps_per_epoch:
+                    pending = prefetch.submit(batch_at, step + 1)
+                if tc.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                lr = lr_at(epoch * steps_per_epoch + step, total_steps, warmup, tc.learning_rate)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                    pred = model(x)  # (N, S, S, 5B + C)
+                r = yolo_loss(pred, labs, **loss_options(model_cfg, tc))
+                opt.zero_grad(set_to_none=True)
+                r.total.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                opt.step()
+                seen += len(idx)
+                terms = {k: float(v.detach()) for k, v in r.terms.items()}
+                for k in TERMS:
+                    sums[k] += terms[k] * len(idx)
+                if progress is not None:
+                    progress(
+                        {
+                            "epoch": epoch + 1,
+                            "epochs": tc.epochs,
+                            "step": step + 1,
+                            "steps": steps_per_epoch,
+                            "loss": sum(terms.values()),
+                            "terms": terms,
+                        }
+                    )
+            elapsed = time.perf_counter() - t0
+            train_terms = {k: v / max(seen, 1) for k, v in sums.items()}
+            train_terms["total"] = sum(train_terms[k] for k in TERMS)
+            val_terms, val_map = evaluate(model, val_images, val_labels, model_cfg, tc)
+            m = EpochMetrics(epoch + 1, train_terms, val_terms, val_map, seen / elapsed, lr)
+            history.append(m)
+            log.info(
+                "epoch %d/%d  loss %.3f  val loss %.3f  val mAP@0.5 %.4f  %.0f img/s",
+                epoch + 1,
+                tc.epochs,
+                train_terms["total"],
+                val_terms["total"],
+                val_map,
+                m.images_per_s,
+            )
+            improved = val_map > best_map or not best_path.exists()
+            best_map = max(best_map, val_map) if not math.isnan(val_map) else best_map
+            ckpt = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "epoch": epoch,
+                "best_map": best_map,
+                "history": [asdict(h) for h in history],
+                "model_config": model_cfg.to_dict(),
+                "train_config": asdict(tc),
+            }
+            _atomic_save(ckpt, last_path)
+            if improved:
+                _atomic_save(ckpt, best_path)
+            write_metrics(history, out)
             if progress is not None:
                 progress(
                     {
                         "epoch": epoch + 1,
                         "epochs": tc.epochs,
-                        "step": step + 1,
+                        "step": steps_per_epoch,
                         "steps": steps_per_epoch,
-                        "loss": sum(terms.values()),
-                        "terms": terms,
+                        "epoch_metrics": asdict(m),
                     }
                 )
-        elapsed = time.perf_counter() - t0
-        train_terms = {k: v / max(seen, 1) for k, v in sums.items()}
-        train_terms["total"] = sum(train_terms[k] for k in TERMS)
-        val_terms, val_map = evaluate(model, val_images, val_labels, model_cfg, tc)
-        m = EpochMetrics(epoch + 1, train_terms, val_terms, val_map, seen / elapsed, lr)
-        history.append(m)
-        log.info(
-            "epoch %d/%d  loss %.3f  val loss %.3f  val mAP@0.5 %.4f  %.0f img/s",
-            epoch + 1,
-            tc.epochs,
-            train_terms["total"],
-            val_terms["total"],
-            val_map,
-            m.images_per_s,
-        )
-        improved = val_map > best_map or not best_path.exists()
-        best_map = max(best_map, val_map) if not math.isnan(val_map) else best_map
-        ckpt = {
+    except checkpoint_on:
+        # Stopped from outside (a time limit): keep where it got to, then let it propagate.
+        interrupted = {
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
-            "torch_rng": torch.get_rng_state(),
             "epoch": epoch,
-            "best_map": best_map,
-            "history": [asdict(h) for h in history],
+            "step": step,
             "model_config": model_cfg.to_dict(),
             "train_config": asdict(tc),
+            "history": [asdict(h) for h in history],
         }
-        _atomic_save(ckpt, last_path)
-        if improved:
-            _atomic_save(ckpt, best_path)
-        write_metrics(history, out)
-        if progress is not None:
-            progress(
-                {
-                    "epoch": epoch + 1,
-                    "epochs": tc.epochs,
-                    "step": steps_per_epoch,
-                    "steps": steps_per_epoch,
-                    "epoch_metrics": asdict(m),
-                }
-            )
-    prefetch.shutdown()
+        _atomic_save(interrupted, out / "interrupted.pt")
+        raise
+    finally:
+        prefetch.shutdown(wait=False, cancel_futures=True)
     plot_curves([asdict(h) for h in history], out / "curves.png")
     return TrainResult(best_path, last_path, history, best_map)
 

@@ -168,3 +168,32 @@ def test_paper_networks_shapes():
         271.7,
         atol=0.1,
     )
+
+
+def test_a_time_limit_saves_the_weights_where_it_stopped(small_data, tmp_path):
+    class TimeLimit(Exception):
+        pass
+
+    X, L = small_data
+    calls = iter(range(100))
+
+    def stop_at_step_3() -> bool:
+        if next(calls) == 3:
+            raise TimeLimit
+        return False
+
+    with pytest.raises(TimeLimit):
+        train(
+            _cfg(),
+            TrainConfig(epochs=5, batch_size=2),
+            X,
+            L,
+            X,
+            L,
+            tmp_path,
+            should_cancel=stop_at_step_3,
+            checkpoint_on=(TimeLimit,),
+        )
+    ckpt = torch.load(tmp_path / "interrupted.pt", weights_only=False)
+    assert (ckpt["epoch"], ckpt["step"]) == (0, 3)
+    build_model(ModelConfig.from_dict(ckpt["model_config"])).load_state_dict(ckpt["model"])

@@ -162,6 +162,7 @@ def _train(
             progress=progress,
             should_cancel=lambda: jobs.cancel_requested(job_id),
             on_info=lambda info: jobs.update(job_id, info=info),
+            checkpoint_on=(SoftTimeLimitExceeded,),
         )
     except Cancelled as exc:
         jobs.update(job_id, status="cancelled", finished_at=time.time(), error=str(exc))
@@ -172,7 +173,7 @@ def _train(
             status="failed",
             finished_at=time.time(),
             error=f"time limit of {settings.soft_time_limit_s} s reached; "
-            "the last epoch's checkpoint is kept",
+            "the weights at that step are in interrupted.pt, the last epoch's in last.pt",
         )
         return {"status": "failed"}
     except Exception as exc:
