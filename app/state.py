@@ -37,11 +37,13 @@ class AppState:
         return self._celery
 
 
-def get_state(request: Request) -> AppState:
+# Dependencies are async on purpose: FastAPI runs a plain ``def`` dependency in its
+# thread pool, a thread hop per dependency per request for a dictionary lookup.
+async def get_state(request: Request) -> AppState:
     return request.app.state.service
 
 
-def get_model(request: Request) -> ServedModel:
+async def get_model(request: Request) -> ServedModel:
     holder = request.app.state.service.holder
     if not holder.ready:
         raise HTTPException(503, "the model is still loading; retry shortly (see /readyz)")
@@ -52,14 +54,14 @@ StateDep = Annotated[AppState, Depends(get_state)]
 ModelDep = Annotated[ServedModel, Depends(get_model)]
 
 
-def get_jobs(request: Request) -> JobStore:
+async def get_jobs(request: Request) -> JobStore:
     jobs = request.app.state.service.jobs
     if jobs is None:
         raise HTTPException(503, "jobs need Redis: set YOLOV1_REDIS_URL (make run does)")
     return jobs
 
 
-def require_key(request: Request) -> None:
+async def require_key(request: Request) -> None:
     """Mutating endpoints need ``Authorization: Bearer <key>`` when API keys are set."""
     keys = request.app.state.service.settings.api_keys
     if not keys:

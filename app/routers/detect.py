@@ -209,7 +209,10 @@ async def detect(
         max_detections=max_detections,
         classes=_class_filter(classes, model.cfg.class_names),
     )
-    done = await asyncio.gather(*(_detect_one(state, d, opts) for d in images))
+    if len(images) == 1:  # no task to spawn for the common case
+        done = [await _detect_one(state, images[0], opts)]
+    else:
+        done = await asyncio.gather(*(_detect_one(state, d, opts) for d in images))
     if format == "image":
         img, _, found, _ = done[0]
         buf = io.BytesIO()
