@@ -49,6 +49,12 @@ def decode_image(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
         img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+            # Transparent pixels show as a viewer shows them (on white), not as
+            # whatever colour they happen to store.
+            rgba = img.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
         return img.convert("RGB")
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(str(exc)) from exc

@@ -453,3 +453,16 @@ def test_corrupt_model_exits_non_zero(tmp_path):
         assert "could not load the model" in s.output()
     finally:
         s.stop()
+
+
+def test_transparent_png_is_seen_on_white(client):
+    from PIL import ImageDraw
+
+    # A dark circle on fully transparent pixels that store the same dark colour:
+    # invisible unless the transparency is shown the way a viewer shows it.
+    img = Image.new("RGBA", (300, 300), (20, 20, 20, 0))
+    ImageDraw.Draw(img).ellipse([80, 80, 220, 220], fill=(20, 20, 20, 255))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    r = client.post("/v1/detect", files={"image": ("c.png", buf.getvalue())}).json()
+    assert [d["class_name"] for d in r["detections"]][:1] == ["circle"]
