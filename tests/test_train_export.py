@@ -49,23 +49,29 @@ def _cfg():
 
 
 def test_overfits_a_handful_of_images(small_data, tmp_path):
+    # fp32 and one full batch a step: with bf16 kernels or batches of 2-4 (batch-norm
+    # statistics of a few images) the run is chaotic, and where it stands after a fixed
+    # number of steps depends on the CPU's kernels (AMD vs Intel AMX). In this setting
+    # seeds 0-3 all reach mAP 1.0 by epoch 100 of 150 and stay there.
     X, L = small_data
     tc = TrainConfig(
-        epochs=80,
-        batch_size=2,
+        epochs=150,
+        batch_size=len(X),
         optimizer="adamw",
-        learning_rate=5e-3,
+        learning_rate=3e-3,
         warmup_epochs=2,
         augment=False,
         weight_decay=0.0,
+        amp=False,
     )
     r = train(_cfg(), tc, X, L, X, L, tmp_path)
     first, last = r.history[0], r.history[-1]
-    assert last.train["total"] < 0.2 * first.train["total"]
-    assert r.best_map >= 0.8, [round(h.val_map, 3) for h in r.history]
+    assert last.train["total"] < 0.02 * first.train["total"]
+    maps = [round(h.val_map, 3) for h in r.history]
+    assert r.best_map >= 0.95 and last.val_map >= 0.9, maps
     assert (tmp_path / "best.pt").exists() and (tmp_path / "curves.png").exists()
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 81
+    assert len(rows) == 1 + tc.epochs
 
 
 def test_resume_continues_exactly(small_data, tmp_path):
