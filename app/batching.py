@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -23,6 +23,17 @@ class BatchResult:
     inference_ms: float
     queue_ms: float
     batch_size: int
+
+
+P = TypeVar("P")
+
+
+@dataclass
+class Ran(Generic[P]):
+    """What :meth:`MicroBatcher.run_alone` returns: the prepared input and its result."""
+
+    prepared: P
+    result: BatchResult
 
 
 class MicroBatcher:
@@ -55,26 +66,36 @@ class MicroBatcher:
         """No batch running or queued, and no other request on its way."""
         return self._busy == 0 and self._queue.empty() and self.incoming <= 1
 
-    async def run_alone(self, prepare: Callable[[], tuple], model: Any) -> tuple:
-        """Run ``prepare()`` (decode and resize: ``(img, arr, ...)``) and the model on
-        that one image in a single trip to the inference thread."""
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Around the decoding of an image that will be submitted: batches wait for it."""
+        self.incoming += 1
+        try:
+            yield
+        finally:
+            self.incoming -= 1
 
-        def job() -> tuple:
+    async def run_alone(self, prepare: Callable[[], P], model: Any) -> Ran[P]:
+        """Run ``prepare()`` (decode and resize; its result has the network input as
+        ``.array``) and the model on that one image in a single trip to the inference
+        thread."""
+
+        def job() -> tuple[P, np.ndarray, float]:
             prepared = prepare()
             t0 = time.perf_counter()
-            grid = model.run(prepared[1][None])[0]
-            return (*prepared, grid, time.perf_counter() - t0)
+            grid = model.run(prepared.array[None])[0]
+            return prepared, grid, time.perf_counter() - t0
 
         self._busy += 1
         try:
-            *prepared, grid, seconds = await asyncio.get_running_loop().run_in_executor(
+            prepared, grid, seconds = await asyncio.get_running_loop().run_in_executor(
                 self._executor, job
             )
         finally:
             self._busy -= 1
         if self.on_batch is not None:
             self.on_batch(1, seconds)
-        return (*prepared, BatchResult(grid, model, seconds * 1000, 0.0, 1))
+        return Ran(prepared, BatchResult(grid, model, seconds * 1000, 0.0, 1))
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app import errors
 from app.batching import MicroBatcher
 from app.observability import Metrics, MetricsMiddleware
 from app.routers import datasets, detect, health, jobs, loss, models
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_swap=lambda m: state.metrics.set_model(m.name, m.version, m.detector.provider),
     )
     if settings.redis_url:
-        from worker.jobstore import JobStore
+        from jobs.store import JobStore
 
         state.jobs = JobStore.from_url(settings.redis_url)
 
@@ -106,5 +107,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = openapi
 
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    errors.install(app)
 
     return app

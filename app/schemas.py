@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.config import FINETUNE
+
 TERMS_DOC = "coord_xy, coord_wh, obj, noobj and class, as in docs/loss.md"
 
 
@@ -164,17 +166,30 @@ class JobRequest(BaseModel):
 
     dataset: DatasetRef
     base_model: int | None = Field(None, ge=1, description="a version; default the active one")
-    epochs: int = Field(5, ge=1, le=1000)
-    batch_size: int = Field(16, ge=1, le=512)
-    learning_rate: float = Field(1e-3, gt=0, le=1)
-    lambda_coord: float = Field(5.0, ge=0, le=1000)
-    lambda_noobj: float = Field(0.5, ge=0, le=1000)
+    epochs: int = Field(FINETUNE.epochs, ge=1, le=1000)
+    batch_size: int = Field(FINETUNE.batch_size, ge=1, le=512)
+    optimizer: Literal["sgd", "adamw"] = FINETUNE.optimizer
+    learning_rate: float = Field(FINETUNE.learning_rate, gt=0, le=1, allow_inf_nan=False)
+    weight_decay: float = Field(FINETUNE.weight_decay, ge=0, le=1, allow_inf_nan=False)
+    warmup_epochs: float = Field(FINETUNE.warmup_epochs, ge=0, le=100, allow_inf_nan=False)
+    lambda_coord: float = Field(FINETUNE.lambda_coord, ge=0, le=1000, allow_inf_nan=False)
+    lambda_noobj: float = Field(FINETUNE.lambda_noobj, ge=0, le=1000, allow_inf_nan=False)
     confidence_target: Literal["iou", "one"] = "iou"
+    augment: bool = FINETUNE.augment
+    shuffle_labels: bool = Field(
+        FINETUNE.shuffle_labels, description="darknet's rule for objects that share a cell"
+    )
+    keep_difficult: bool = Field(
+        FINETUNE.keep_difficult, description="train on objects marked difficult too"
+    )
     image_size: int | None = Field(None, ge=32, le=1024, multiple_of=32)
-    augment: bool = True
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(FINETUNE.seed, ge=0, le=2**31 - 1)
     val_fraction: float = Field(0.2, gt=0, lt=1)
-    auto_activate: bool = Field(False, description="activate if validation mAP does not fall")
+    auto_activate: bool = Field(
+        False,
+        description="activate the new version if its validation mAP beats the base "
+        "model's on the same validation split",
+    )
 
 
 class JobProgress(BaseModel):

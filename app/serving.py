@@ -175,6 +175,7 @@ class ModelManager:
             await asyncio.sleep(self.settings.model_poll_s)
             if self.store is None or not self.holder.ready:
                 continue
+            version = None
             try:
                 version = self.store.active_version()
                 if version is None or version == self.holder.current.version:
@@ -183,6 +184,7 @@ class ModelManager:
                     continue
                 await self.activate(version, persist=False)
             except Exception as exc:  # keep serving the old model
-                self._failed.add(version)
+                if version is not None:
+                    self._failed.add(version)
                 self.last_error = f"version {version}: {exc}"
                 log.error("could not switch to model version %s: %s", version, exc)

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     decode_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     log_level: str = "info"
 
-    # Model registry: when set, the API serves its active version and follows it.
+    # Model registry: when set, the API serves its active version and follows it
+    # (`make run` sets model.registry.DEFAULT_STORE, the worker's default); unset,
+    # the API serves model_path alone.
     model_store: Path | None = None
     model_poll_s: float = Field(1.0, gt=0, le=3600)
     # Jobs and data sets need Redis (and a worker); without it those endpoints say 503.

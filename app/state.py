@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
@@ -13,7 +13,7 @@ from app.batching import MicroBatcher
 from app.observability import Metrics
 from app.serving import ModelHolder, ModelManager, ServedModel
 from app.settings import Settings
-from worker.jobstore import JobStore
+from jobs.store import JobStore
 
 
 @dataclass
@@ -25,16 +25,6 @@ class AppState:
     cpu_pool: ThreadPoolExecutor | None = None  # decode, preprocess, loss scoring
     manager: ModelManager | None = None
     jobs: JobStore | None = None  # Redis-backed job and data set records
-    _celery: Any = None
-
-    def celery(self) -> Any:
-        """The Celery app that enqueues jobs (made on first use: no broker at start-up)."""
-        if self._celery is None:
-            from worker.celery_app import make_celery
-            from worker.settings import WorkerSettings
-
-            self._celery = make_celery(WorkerSettings(redis_url=self.settings.redis_url))
-        return self._celery
 
 
 # Dependencies are async on purpose: FastAPI runs a plain ``def`` dependency in its

@@ -18,7 +18,7 @@ from model.infer import OnnxDetector
 from model.loss_numpy import yolo_loss_numpy
 from model.preprocess import decode_image
 from model.shapes import make_sample, sample_seed
-from tests.server import Server
+from support.procs import Server
 
 
 def jpegs(n: int) -> list[bytes]:

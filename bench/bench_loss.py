@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 from model.loss import yolo_loss  # noqa: E402
 from model.loss_numpy import yolo_loss_numpy  # noqa: E402
-from tests.reference_loss import reference_loss  # noqa: E402
+from support.reference_loss import reference_loss  # noqa: E402
 
 log = logging.getLogger("bench.loss")
 

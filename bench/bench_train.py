@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from common import log, setup_logging
 
-from model.config import ModelConfig
+from model.config import ModelConfig, TrainConfig
 from model.data import shapes_dataset, to_arrays
 from model.loss import yolo_loss
 from model.networks import build_model
@@ -23,16 +23,15 @@ def images_per_s(cfg: ModelConfig, X, L, *, amp: bool, channels_last: bool, step
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     bs = 32
+    tc = TrainConfig(channels_last=channels_last)
     batches = [
-        make_batch(X, L, np.arange(i * bs, (i + 1) * bs) % len(X), cfg, (0, i))
+        make_batch(X, L, np.arange(i * bs, (i + 1) * bs) % len(X), cfg, tc, i)
         for i in range(steps + 2)
     ]
     n = 0
     for i, (x, labs) in enumerate(batches):
         if i == 2:
             t0 = time.perf_counter()
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             pred = model(x)
         r = yolo_loss(pred, labs, S=cfg.S, B=cfg.B, C=cfg.C)
@@ -50,7 +49,7 @@ def same_map_check() -> None:
 
     from common import DEFAULT_MODEL
 
-    from model.train import TrainConfig, train
+    from model.train import Data, train
 
     ckpt = torch.load(DEFAULT_MODEL.with_suffix(".pt"), weights_only=False)
     cfg = ModelConfig.from_dict(ckpt["model_config"])
@@ -72,10 +71,7 @@ def same_map_check() -> None:
         r = train(
             cfg,
             tc,
-            Xtr,
-            Ltr,
-            Xva,
-            Lva,
+            Data(Xtr, Ltr, Xva, Lva),
             tempfile.mkdtemp(prefix="bench-train-"),
             init_weights=ckpt["model"],
         )

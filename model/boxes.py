@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from model.grid import cell_boxes, corners, iou_xyxy
+
 FloatArray = NDArray[np.floating]
 
 
@@ -48,12 +50,7 @@ def box_iou(boxes1: ArrayLike, boxes2: ArrayLike) -> FloatArray:
     empty has IoU 0.
     """
     a, b = _as_boxes(boxes1), _as_boxes(boxes2)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])  # (N, M, 2)
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]  # (N, M)
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return iou_xyxy(np, a[:, None, :], b[None, :, :])  # (N, M)
 
 
 def nms(boxes: ArrayLike, scores: ArrayLike, iou_threshold: float) -> NDArray[np.int64]:
@@ -68,19 +65,12 @@ def nms(boxes: ArrayLike, scores: ArrayLike, iou_threshold: float) -> NDArray[np
     if len(s) != len(b):
         raise ValueError(f"{len(b)} boxes but {len(s)} scores")
     order = np.argsort(-s, kind="stable")
-    areas = box_area(b)
     keep: list[int] = []
     while order.size:
         i = int(order[0])
         keep.append(i)
         rest = order[1:]
-        lt = np.maximum(b[i, :2], b[rest, :2])
-        rb = np.minimum(b[i, 2:], b[rest, 2:])
-        wh = np.clip(rb - lt, 0, None)
-        inter = wh[:, 0] * wh[:, 1]
-        union = areas[i] + areas[rest] - inter
-        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        order = rest[iou <= iou_threshold]
+        order = rest[iou_xyxy(np, b[i], b[rest]) <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -113,15 +103,19 @@ def decode_predictions(
     iou_threshold: float = 0.5,
     max_detections: int = 100,
     classes: list[int] | None = None,
+    every_class: bool = False,
 ) -> dict[str, np.ndarray]:
     """Turn one image's raw prediction grid into final detections.
 
     ``pred`` is ``(S, S, 5B + C)`` in the loss layout (per cell B blocks of
     ``x, y, sqrt_w, sqrt_h, conf``, then C class scores). Each predictor box is
     scored with the paper's class-specific confidence ``conf * P(class)``
-    (both clipped to [0, 1], since the network regresses them freely) for its
-    best class; boxes scoring at least ``conf_threshold`` go through class-wise
-    NMS. Returns ``boxes`` ``(K, 4)`` xyxy in fractions of the image (clipped to
+    (both clipped to [0, 1], since the network regresses them freely): for its
+    best class only (what the detect endpoint shows, one label per box), or with
+    ``every_class`` for every class that reaches the threshold (darknet's
+    ``validate_yolo`` and what evaluation uses). Boxes with a non-finite value are
+    dropped; those scoring at least ``conf_threshold`` go through class-wise NMS.
+    Returns ``boxes`` ``(K, 4)`` xyxy in fractions of the image (clipped to
     [0, 1]), ``scores`` ``(K,)`` and ``class_ids`` ``(K,)``, by decreasing score.
     """
     p = np.asarray(pred, dtype=np.float32)
@@ -133,19 +127,21 @@ def decode_predictions(
         allowed = np.zeros(C, dtype=bool)
         allowed[[c for c in classes if 0 <= c < C]] = True
         cls = np.where(allowed, cls, 0.0)
-    cls_id = cls.argmax(-1)  # (S, S)
-    cls_p = cls.max(-1)  # (S, S)
     conf = np.clip(box[..., 4], 0.0, 1.0)  # (S, S, B)
-    score = conf * cls_p[..., None]  # (S, S, B)
-    rows, cols = np.meshgrid(np.arange(S), np.arange(S), indexing="ij")
-    cx = (cols[..., None] + box[..., 0]) / S
-    cy = (rows[..., None] + box[..., 1]) / S
-    w, h = box[..., 2] ** 2, box[..., 3] ** 2
-    xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1).reshape(-1, 4)
-    score = score.reshape(-1)
-    cid = np.broadcast_to(cls_id[..., None], (S, S, B)).reshape(-1)
-    sel = np.flatnonzero(score >= conf_threshold)
-    xyxy, score, cid = np.clip(xyxy[sel], 0.0, 1.0), score[sel], cid[sel]
+    xyxy = corners(np, *cell_boxes(np, box, np.arange(S, dtype=np.float32)))  # (S, S, B, 4)
+    finite = np.isfinite(xyxy).all(-1) & np.isfinite(box[..., 4])  # (S, S, B)
+    if every_class:
+        score = conf[..., None] * cls[:, :, None, :]  # (S, S, B, C)
+        score = np.where(finite[..., None] & np.isfinite(score), score, -1.0)
+        b_idx, cid = np.divmod(np.flatnonzero(score.reshape(-1) >= conf_threshold), C)
+        score = score.reshape(-1, C)[b_idx, cid]
+    else:
+        score = conf * cls.max(-1)[..., None]  # (S, S, B)
+        score = np.where(finite & np.isfinite(score), score, -1.0).reshape(-1)
+        b_idx = np.flatnonzero(score >= conf_threshold)
+        cid = np.broadcast_to(cls.argmax(-1)[..., None], (S, S, B)).reshape(-1)[b_idx]
+        score = score[b_idx]
+    xyxy = np.clip(xyxy.reshape(-1, 4)[b_idx], 0.0, 1.0)
     keep = batched_nms(xyxy, score, cid, iou_threshold)[:max_detections]
     return {
         "boxes": xyxy[keep].astype(np.float32),

@@ -62,34 +62,28 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def _load_split(args: argparse.Namespace, size: int):
-    from model.data import read_dataset, shapes_dataset, to_arrays
+    from model.data import difficult_flags, read_dataset, shapes_dataset, split_dataset, to_arrays
+    from model.train import Data
 
     if args.data == "shapes":
         tr = shapes_dataset(args.train_images, DATA_SEED_TRAIN + args.seed * 1000)
         va = shapes_dataset(args.val_images, DATA_SEED_VAL + args.seed * 1000)
     else:
-        import numpy as np
-
         ds = read_dataset(args.data, args.format)
         for s in ds.skipped:
             log.warning("skipped %s", s)
-        order = np.random.default_rng(args.seed).permutation(len(ds))
-        n_val = max(1, int(len(ds) * args.val_fraction))
-        from model.data import DetectionDataset
-
-        va = DetectionDataset(ds.class_names, [ds.records[i] for i in order[:n_val]])
-        tr = DetectionDataset(ds.class_names, [ds.records[i] for i in order[n_val:]])
-    Xtr, Ltr = to_arrays(tr, size)
+        tr, va = split_dataset(ds, args.val_fraction, args.seed)
+    Xtr, Ltr = to_arrays(tr, size, keep_difficult=False)
     Xva, Lva = to_arrays(va, size)
-    return tr.class_names, Xtr, Ltr, Xva, Lva
+    return tr.class_names, Data(Xtr, Ltr, Xva, Lva, difficult_flags(va))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
     from tqdm import tqdm
 
-    from model.config import ModelConfig
-    from model.train import TrainConfig, train
+    from model.config import ModelConfig, TrainConfig
+    from model.train import train
 
     preset = dict(PRESETS[args.preset])
     for key in (
@@ -106,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             preset[key] = getattr(args, key)
     args.train_images, args.val_images = preset["train_images"], preset["val_images"]
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    names, Xtr, Ltr, Xva, Lva = _load_split(args, preset["input_size"])
+    names, data = _load_split(args, preset["input_size"])
     cfg = ModelConfig(
         arch=preset["arch"],
         input_size=preset["input_size"],
@@ -126,15 +120,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         seed=args.seed,
         amp=not args.no_amp,
     )
-    log.info("training %s on %d images (%d validation)", cfg.arch, len(Xtr), len(Xva))
-    bar = tqdm(total=tc.epochs * -(-len(Xtr) // tc.batch_size), disable=not sys.stderr.isatty())
+    n_train = len(data.train_images)
+    log.info("training %s on %d images (%d validation)", cfg.arch, n_train, len(data.val_images))
+    bar = tqdm(total=tc.epochs * -(-n_train // tc.batch_size), disable=not sys.stderr.isatty())
 
     def progress(p: dict) -> None:
         if "terms" in p:
             bar.update(1)
             bar.set_postfix(epoch=p["epoch"], loss=f"{p['loss']:.3f}")
 
-    result = train(cfg, tc, Xtr, Ltr, Xva, Lva, args.out, resume=args.resume, progress=progress)
+    result = train(cfg, tc, data, args.out, resume=args.resume, progress=progress)
     bar.close()
     print(f"best val mAP@0.5 {result.best_map:.4f}  checkpoint {result.best_checkpoint}")
 
@@ -164,35 +159,29 @@ def cmd_detect(args: argparse.Namespace) -> None:
         draw_detections(img, found).save(args.output)
 
 
-def evaluate_onnx(model_path: str, ds, *, batch_size: int = 32):
-    """VOC all-point mAP@0.5 of an ONNX model on a data set (no torch)."""
+def evaluate_onnx(model_path: str, ds, *, method: str = "all"):
+    """VOC mAP@0.5 of an ONNX model on a data set, by ``model.evaluate``'s rules (no torch)."""
+    return onnx_evaluator(model_path, ds).result(method=method)
+
+
+def onnx_evaluator(model_path: str, ds, *, batch_size: int = 32):
+    """An ONNX model's detections on a data set, ready to score."""
     import numpy as np
 
-    from model.boxes import cxcywh_to_xyxy
     from model.data import load_image
+    from model.evaluate import Evaluator
     from model.infer import OnnxDetector
-    from model.metrics import ImageDetections, ImageTruth, evaluate_map
 
     det = OnnxDetector(model_path)
-    if det.cfg.class_names != ds.class_names:
-        raise SystemExit(f"model classes {det.cfg.class_names} != data {ds.class_names}")
-    dets, truths = [], []
+    cfg = det.cfg
+    if cfg.class_names != ds.class_names:
+        raise SystemExit(f"model classes {cfg.class_names} != data {ds.class_names}")
+    ev = Evaluator(cfg.S, cfg.B, cfg.C)
     for start in range(0, len(ds), batch_size):
         recs = ds.records[start : start + batch_size]
         grids = det.run(np.stack([det.preprocess(load_image(r)) for r in recs]))
-        for g, r in zip(grids, recs, strict=True):
-            found = det.postprocess(g, 1, 1, conf_threshold=0.01, max_detections=100)
-            dets.append(
-                ImageDetections(
-                    np.array([d.box for d in found]).reshape(-1, 4),
-                    np.array([d.confidence for d in found]),
-                    np.array([d.class_id for d in found]),
-                )
-            )
-            truths.append(
-                ImageTruth(cxcywh_to_xyxy(r.labels[:, 1:]), r.labels[:, 0].astype(int), r.difficult)
-            )
-    return evaluate_map(dets, truths, len(ds.class_names))
+        ev.add(grids, [r.labels for r in recs], [r.difficult for r in recs])
+    return ev
 
 
 def cmd_val(args: argparse.Namespace) -> None:
@@ -204,11 +193,12 @@ def cmd_val(args: argparse.Namespace) -> None:
         ds = read_dataset(args.data, args.format)
         for s in ds.skipped:
             log.warning("skipped %s", s)
-    r = evaluate_onnx(args.model, ds)
+    ev = onnx_evaluator(args.model, ds)
+    r, r11 = ev.result(), ev.result(method="11point")
     for c, name in enumerate(ds.class_names):
         ap = r.ap.get(c)
         print(f"{name:15s} AP@0.5 {'n/a' if ap is None else f'{ap:.4f}'}  objects {r.n_truth[c]}")
-    print(f"mAP@0.5 {r.map:.4f}")
+    print(f"mAP@0.5 {r.map:.4f}  (VOC2007 11-point: {r11.map:.4f})")
 
 
 def cmd_make_shapes(args: argparse.Namespace) -> None:

@@ -1,8 +1,8 @@
-"""Model hyperparameters, saved beside every checkpoint and ONNX file (no torch)."""
+"""Model and training hyperparameters, saved beside every checkpoint and ONNX file
+(no torch: the API's job schema takes its defaults from here too)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +51,64 @@ class ModelConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+@dataclass
+class TrainConfig:
+    """One training run. The defaults are the paper's recipe for training from scratch;
+    :data:`FINETUNE` holds the defaults of fine-tuning jobs."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "sgd"  # "sgd" (the paper's) or "adamw"
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0  # linear warm-up from lr/10, then cosine decay to lr/20
+    lambda_coord: float = 5.0
+    lambda_noobj: float = 0.5
+    confidence_target: str = "iou"
+    augment: bool = True
+    # darknet shuffles an image's labels on every load, so any object of a shared
+    # cell may be the one trained; off: the first listed always wins (docs/loss.md).
+    shuffle_labels: bool = True
+    # darknet's voc_label.py leaves difficult objects out of training; they still
+    # count (as neither hit nor miss) in validation.
+    keep_difficult: bool = False
+    seed: int = 0
+    amp: bool = True  # bf16 autocast where the CPU supports it (the loss stays float32)
+    channels_last: bool = True
+    grad_clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
+        if self.confidence_target not in ("iou", "one"):
+            raise ValueError(f"confidence_target must be iou or one: {self.confidence_target!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
-    def load(cls, path: str | Path) -> ModelConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+# Fine-tuning jobs start from a trained model: a small AdamW step, short warm-up.
+FINETUNE = TrainConfig(
+    epochs=5, batch_size=16, optimizer="adamw", learning_rate=1e-3, warmup_epochs=1.0
+)
+
+
+@dataclass
+class JobSpec:
+    """One fine-tuning job: its data, its base version and its hyperparameters."""
+
+    dataset_format: str  # "yolo" | "voc" | "coco" | "shapes"
+    dataset_path: Path | None = None  # None for shapes
+    dataset_id: str | None = None
+    shapes_images: int = 64
+    base_version: int = 1
+    image_size: int | None = None  # None: the base model's input size
+    val_fraction: float = 0.2
+    auto_activate: bool = False
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(**FINETUNE.to_dict()))

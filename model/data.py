@@ -3,7 +3,9 @@
 
 Every reader returns a :class:`DetectionDataset` of records with labels as
 ``(k, 5)`` arrays ``(class_id, cx, cy, w, h)`` in fractions of the image, and
-a list of what it skipped and why; nothing is dropped silently.
+a list of what it skipped and why; nothing is dropped silently. Boxes that stick
+out of the image are clipped to it (and counted); boxes narrower or lower than
+``MIN_BOX`` of the image are skipped, as darknet drops them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from PIL import Image
 from model.preprocess import resize_uint8
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MIN_BOX = 0.005  # darknet's fill_truth_detection drops boxes with w or h below this
 
 
 @dataclass
@@ -37,6 +40,7 @@ class DetectionDataset:
     class_names: list[str]
     records: list[Record]
     skipped: list[str] = field(default_factory=list)  # "where: why"
+    clipped: int = 0  # boxes that stuck out of their image, clipped to it
 
     def __len__(self) -> int:
         return len(self.records)
@@ -49,16 +53,47 @@ class DetectionDataset:
             "images": len(self.records),
             "boxes": int(counts.sum()),
             "boxes_per_class": dict(zip(self.class_names, counts.tolist(), strict=True)),
+            "clipped": self.clipped,
             "skipped": list(self.skipped),
         }
 
 
-def _box_to_label(cls: int, x1: float, y1: float, x2: float, y2: float, W: int, H: int):
-    return [cls, (x1 + x2) / 2 / W, (y1 + y2) / 2 / H, (x2 - x1) / W, (y2 - y1) / H]
+class _Boxes:
+    """One reader's box checks: clip to the image, skip what is too small, keep count."""
 
+    def __init__(self, skipped: list[str]) -> None:
+        self.skipped = skipped
+        self.clipped = 0
 
-def _finish(class_names, records, skipped) -> DetectionDataset:
-    return DetectionDataset(list(class_names), records, skipped)
+    def label(
+        self,
+        where: str,
+        cls: int,
+        x1: float,
+        y1: float,
+        x2: float,
+        y2: float,
+        cxcywh: tuple[float, ...] | None = None,
+    ) -> list[float] | None:
+        """Corners in fractions of the image -> ``[cls, cx, cy, w, h]``, or None (skipped).
+        ``cxcywh``: the same box as the file wrote it, kept as it is when not clipped."""
+        if not all(np.isfinite((x1, y1, x2, y2))) or x2 <= x1 or y2 <= y1:
+            self.skipped.append(f"{where}: not a box")
+            return None
+        c = np.clip([x1, y1, x2, y2], 0.0, 1.0)
+        if c[2] - c[0] <= 0 or c[3] - c[1] <= 0:
+            self.skipped.append(f"{where}: box outside the image")
+            return None
+        if c[2] - c[0] < MIN_BOX or c[3] - c[1] < MIN_BOX:
+            self.skipped.append(f"{where}: box smaller than {MIN_BOX} of the image")
+            return None
+        if (c == [x1, y1, x2, y2]).all() and cxcywh is not None:
+            return [cls, *cxcywh]
+        self.clipped += bool((c != [x1, y1, x2, y2]).any())
+        return [cls, (c[0] + c[2]) / 2, (c[1] + c[3]) / 2, c[2] - c[0], c[3] - c[1]]
+
+    def finish(self, class_names, records) -> DetectionDataset:
+        return DetectionDataset(list(class_names), records, self.skipped, self.clipped)
 
 
 def _labels_array(rows: list) -> np.ndarray:
@@ -81,6 +116,7 @@ def read_yolo(root: str | Path) -> DetectionDataset:
         raise ValueError(f"{root}: no class names")
     C = len(names)
     records, skipped = [], []
+    boxes = _Boxes(skipped)
     label_dir = root / "labels"
     images = sorted(p for p in (root / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     for img_path in images:
@@ -102,10 +138,11 @@ def read_yolo(root: str | Path) -> DetectionDataset:
                     continue
                 if c != int(c) or not 0 <= c < C:
                     skipped.append(f"{where}: unknown class {parts[0]}")
-                elif not (0 <= cx <= 1 and 0 <= cy <= 1 and 0 < w <= 1 and 0 < h <= 1):
-                    skipped.append(f"{where}: box outside the image")
-                else:
-                    rows.append([int(c), cx, cy, w, h])
+                    continue
+                corners = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+                row = boxes.label(where, int(c), *corners, cxcywh=(cx, cy, w, h))
+                if row is not None:
+                    rows.append(row)
         try:
             with Image.open(img_path) as im:
                 size = im.size
@@ -117,7 +154,7 @@ def read_yolo(root: str | Path) -> DetectionDataset:
         stem = lab_path.relative_to(label_dir).with_suffix("")
         if not any((root / "images" / stem).with_suffix(s).exists() for s in IMAGE_SUFFIXES):
             skipped.append(f"{lab_path.relative_to(root)}: missing image")
-    return _finish(names, records, skipped)
+    return boxes.finish(names, records)
 
 
 def read_voc(root: str | Path, split: str | None = None, class_names: list[str] | None = None):
@@ -132,6 +169,7 @@ def read_voc(root: str | Path, split: str | None = None, class_names: list[str] 
     else:
         xmls = sorted(ann_dir.glob("*.xml"))
     parsed, skipped = [], []
+    boxes = _Boxes(skipped)
     for x in xmls:
         try:
             parsed.append((x, ET.parse(x).getroot()))
@@ -169,13 +207,13 @@ def read_voc(root: str | Path, split: str | None = None, class_names: list[str] 
                 skipped.append(f"{where}: no valid bndbox")
                 continue
             x1, y1 = x1 - 1, y1 - 1  # VOC pixels are 1-based and inclusive
-            if not (0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H):
-                skipped.append(f"{where}: box outside the image")
+            row = boxes.label(where, index[name], x1 / W, y1 / H, x2 / W, y2 / H)
+            if row is None:
                 continue
-            rows.append(_box_to_label(index[name], x1, y1, x2, y2, W, H))
+            rows.append(row)
             diff.append(o.findtext("difficult", "0").strip() == "1")
         records.append(Record(img_path, _labels_array(rows), np.array(diff, bool), (W, H)))
-    return _finish(class_names, records, skipped)
+    return boxes.finish(class_names, records)
 
 
 def read_coco(annotation_file: str | Path, image_dir: str | Path | None = None):
@@ -194,6 +232,7 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path | None = None):
     for a in doc.get("annotations", []):
         by_image.setdefault(a.get("image_id"), []).append(a)
     records, skipped = [], []
+    boxes = _Boxes(skipped)
     for im in doc.get("images", []):
         path = image_dir / im["file_name"]
         if not path.exists():
@@ -206,17 +245,23 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path | None = None):
             if a.get("category_id") not in index:
                 skipped.append(f"{where}: unknown class {a.get('category_id')}")
                 continue
-            x, y, w, h = (float(v) for v in a["bbox"])
-            if not (w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= W and y + h <= H):
-                skipped.append(f"{where}: box outside the image")
+            try:
+                x, y, w, h = (float(v) for v in a["bbox"])
+            except (KeyError, TypeError, ValueError):
+                skipped.append(f"{where}: no valid bbox [x, y, w, h]")
                 continue
-            rows.append(_box_to_label(index[a["category_id"]], x, y, x + w, y + h, W, H))
+            row = boxes.label(
+                where, index[a["category_id"]], x / W, y / H, (x + w) / W, (y + h) / H
+            )
+            if row is None:
+                continue
+            rows.append(row)
             diff.append(bool(a.get("iscrowd", 0)))
         records.append(Record(path, _labels_array(rows), np.array(diff, bool), (W, H)))
     known = {im["id"] for im in doc.get("images", [])}
     for image_id in by_image.keys() - known:
         skipped.append(f"annotations for image id {image_id}: no such image")
-    return _finish(class_names, records, skipped)
+    return boxes.finish(class_names, records)
 
 
 def read_dataset(path: str | Path, fmt: str) -> DetectionDataset:
@@ -256,9 +301,32 @@ def load_image(record: Record) -> Image.Image:
         return ImageOps.exif_transpose(im).convert("RGB")
 
 
-def to_arrays(ds: DetectionDataset, size: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Resize every image to ``(size, size)``: ``(N, size, size, 3)`` uint8 and the labels."""
+def to_arrays(
+    ds: DetectionDataset, size: int, *, keep_difficult: bool = True
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Resize every image to ``(size, size)``: ``(N, size, size, 3)`` uint8 and the labels.
+
+    ``keep_difficult=False`` leaves difficult objects out of the labels, as darknet's
+    ``voc_label.py`` leaves them out of training."""
     with ThreadPoolExecutor(2) as pool:
         imgs = list(pool.map(lambda r: resize_uint8(load_image(r), size), ds.records))
     images = np.stack(imgs) if imgs else np.zeros((0, size, size, 3), np.uint8)
-    return images, [r.labels for r in ds.records]
+    labels = [r.labels if keep_difficult else r.labels[~r.difficult] for r in ds.records]
+    return images, labels
+
+
+def difficult_flags(ds: DetectionDataset) -> list[np.ndarray]:
+    """Each image's ``(k,)`` difficult flags, beside ``to_arrays``' labels."""
+    return [r.difficult for r in ds.records]
+
+
+def split_dataset(
+    ds: DetectionDataset, val_fraction: float, seed: int
+) -> tuple[DetectionDataset, DetectionDataset]:
+    """A seeded random split into (train, val): ``round(n * val_fraction)`` images,
+    at least one, go to validation; training keeps at least one too."""
+    order = np.random.default_rng(seed).permutation(len(ds))
+    n_val = min(max(1, round(len(ds) * val_fraction)), max(len(ds) - 1, 1))
+    val = DetectionDataset(ds.class_names, [ds.records[i] for i in order[:n_val]])
+    train = DetectionDataset(ds.class_names, [ds.records[i] for i in order[n_val:]])
+    return train, val

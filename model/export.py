@@ -63,7 +63,6 @@ def export_onnx(
     out_path: str | Path,
     *,
     real_images: np.ndarray | None = None,
-    extra_metadata: dict[str, Any] | None = None,
     opset: int = OPSET,
 ) -> dict[str, Any]:
     """Write ``out_path`` (ONNX) and its sidecar JSON; return the metadata.
@@ -111,7 +110,6 @@ def export_onnx(
         "training_metrics": history[-1] if history else {},
         "best_val_map50": ckpt.get("best_map"),
         "epochs_trained": len(history),
-        **(extra_metadata or {}),
     }
     proto = onnx.load(str(tmp))
     entry = proto.metadata_props.add()

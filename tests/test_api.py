@@ -16,7 +16,7 @@ from PIL import Image
 from model.boxes import box_iou, cxcywh_to_xyxy
 from model.loss import yolo_loss
 from model.shapes import make_sample, sample_seed
-from tests.server import DEFAULT_MODEL, Server
+from support.procs import DEFAULT_MODEL, Server
 
 LIMIT_MB = 1.0
 MAX_PIXELS = 5_000_000
@@ -390,7 +390,7 @@ def test_bad_configuration_fails_fast(tmp_path):
     import subprocess
     import sys
 
-    from tests.server import ROOT
+    from support.procs import ROOT
 
     r = subprocess.run(
         [sys.executable, "-m", "app"],

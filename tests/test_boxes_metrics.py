@@ -16,6 +16,7 @@ from model.boxes import (
     nms,
     xyxy_to_cxcywh,
 )
+from model.evaluate import evaluate_grids
 from model.metrics import ImageDetections, ImageTruth, average_precision, evaluate_map
 
 
@@ -97,11 +98,37 @@ def test_evaluate_map_hand_case_with_difficult_and_duplicates():
     assert r.n_truth == {0: 1, 1: 1, 2: 0}
 
 
-def test_iou_exactly_half_is_not_a_match():
-    # IoU of [0,0,10,10] and [0,0,10,5] is 0.5: the devkit needs IoU > 0.5.
+def test_iou_exactly_half_is_a_match_as_in_the_devkit():
+    # IoU of [0,0,10,10] and [0,0,10,5] is 0.5: VOCevaldet.m matches at ov >= 0.5.
     truths = [ImageTruth(np.array([[0, 0, 10, 10]]), np.array([0]))]
     dets = [ImageDetections(np.array([[0, 0, 10, 5]]), np.array([0.9]), np.array([0]))]
+    assert evaluate_map(dets, truths, 1).map == 1.0
+    dets = [ImageDetections(np.array([[0, 0, 10, 4.9]]), np.array([0.9]), np.array([0]))]
     assert evaluate_map(dets, truths, 1).map == 0.0
+
+
+def test_evaluation_keeps_every_class_above_the_threshold():
+    """darknet's validate_yolo: a box whose class is uncertain is a detection of each
+    class that reaches the threshold, so the second-best class can still be found."""
+    S, B, C = 1, 1, 2
+    pred = np.array([[[0.5, 0.5, 0.5, 0.5, 1.0, 0.6, 0.4]]], dtype=np.float32)  # (1, 1, 7)
+    truth = np.array([[1, 0.5, 0.5, 0.25, 0.25]])  # class 1, the box's second class
+    top = decode_predictions(pred, S=S, B=B, C=C, conf_threshold=0.001)
+    every = decode_predictions(pred, S=S, B=B, C=C, conf_threshold=0.001, every_class=True)
+    assert top["class_ids"].tolist() == [0]
+    assert sorted(every["class_ids"].tolist()) == [0, 1]
+    assert evaluate_grids(pred[None], [truth], S=S, B=B, C=C).map == 1.0
+
+
+def test_a_nan_prediction_does_not_switch_nms_off():
+    S, B, C = 2, 1, 1
+    pred = np.zeros((S, S, 6), dtype=np.float32)
+    pred[0, 0] = [0.5, 0.5, 0.6, 0.6, 0.9, 1.0]  # a box of 0.36 around (0.25, 0.25)
+    pred[0, 1] = [-0.4, 0.5, 0.6, 0.6, 0.8, 1.0]  # nearly the same box, from the next cell
+    pred[1, 1] = [np.nan, 0.5, 0.5, 0.5, 0.9, 1.0]
+    out = decode_predictions(pred, S=S, B=B, C=C, conf_threshold=0.1, iou_threshold=0.5)
+    assert np.isfinite(out["boxes"]).all()
+    assert out["scores"].tolist() == pytest.approx([0.9])  # the duplicate was suppressed
 
 
 def test_numpy_modules_do_not_import_torch():

@@ -9,7 +9,15 @@ import pytest
 from PIL import Image, ImageDraw
 
 from model.augment import hflip, hsv_jitter, scale_translate
-from model.data import read_coco, read_dataset, read_voc, read_yolo, shapes_dataset
+from model.data import (
+    read_coco,
+    read_dataset,
+    read_voc,
+    read_yolo,
+    shapes_dataset,
+    split_dataset,
+    to_arrays,
+)
 from model.shapes import CLASS_NAMES, make_sample, sample_seed
 
 
@@ -30,18 +38,23 @@ def test_yolo_reader_reports_what_it_skips(tmp_path):
         "1 1.5 0.5 0.2 0.2\n"  # outside
         "1 0.5 nonsense\n"  # unparsable
         "1 0.25 0.75 0.1 0.1\n"
+        "0 0.95 0.5 0.2 0.2\n"  # sticks out on the right: clipped to x 0.85..1
+        "0 0.5 0.5 0.004 0.2\n"  # narrower than darknet's 0.005
     )
     (tmp_path / "labels" / "orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")
     ds = read_yolo(tmp_path)
     assert ds.class_names == ["cat", "dog"]
     assert len(ds) == 2
     a = next(r for r in ds.records if r.image_path.name == "a.jpg")
-    assert a.labels.tolist() == [[0, 0.5, 0.5, 0.2, 0.4], [1, 0.25, 0.75, 0.1, 0.1]]
+    assert a.labels[:2].tolist() == [[0, 0.5, 0.5, 0.2, 0.4], [1, 0.25, 0.75, 0.1, 0.1]]
+    assert np.allclose(a.labels[2], [0, 0.925, 0.5, 0.15, 0.2])
+    assert len(a.labels) == 3 and ds.clipped == 1 and ds.summary()["clipped"] == 1
     assert a.size == (100, 50)
     text = "\n".join(ds.skipped)
     assert "a.txt:2: unknown class 7" in text
     assert "a.txt:3: box outside the image" in text
     assert "a.txt:4: not 'class cx cy w h'" in text
+    assert "a.txt:7: box smaller than 0.005 of the image" in text
     assert "broken.jpg: unreadable image" in text
     assert "orphan.txt: missing image" in text
 
@@ -75,11 +88,15 @@ def test_voc_reader(tmp_path):
     ds = read_voc(tmp_path, class_names=["cat", "dog"])
     assert len(ds) == 1
     r = ds.records[0]
-    assert r.difficult.tolist() == [True, False]
+    assert r.difficult.tolist() == [True, False, False]
     assert np.allclose(r.labels[0], [1, 40 / 200, 30 / 100, 40 / 200, 40 / 100])
     assert np.allclose(r.labels[1], [0, 0.5, 0.5, 1.0, 1.0])
+    # x 149..260 of an image 200 wide: clipped to 149..200 and counted
+    assert np.allclose(r.labels[2], [1, 174.5 / 200, 0.695, 51 / 200, 0.41]) and ds.clipped == 1
+    # darknet's voc_label.py leaves difficult objects out of training
+    _, labels = to_arrays(ds, 32, keep_difficult=False)
+    assert labels[0][:, 0].tolist() == [0, 1]
     text = "\n".join(ds.skipped)
-    assert "1.xml object 2: box outside the image" in text
     assert "2.xml: unreadable annotation" in text
     assert "3.xml: missing image 3.jpg" in text
 
@@ -95,7 +112,8 @@ def test_coco_reader(tmp_path):
         "annotations": [
             {"id": 1, "image_id": 1, "category_id": 9, "bbox": [10, 20, 30, 40]},
             {"id": 2, "image_id": 1, "category_id": 3, "bbox": [0, 0, 5, 5]},
-            {"id": 3, "image_id": 1, "category_id": 5, "bbox": [90, 90, 20, 20]},
+            {"id": 3, "image_id": 1, "category_id": 5, "bbox": [110, 90, 20, 20]},
+            {"id": 5, "image_id": 1, "category_id": 5},
             {"id": 4, "image_id": 1, "category_id": 5, "bbox": [0, 0, 50, 50], "iscrowd": 1},
         ],
     }
@@ -109,6 +127,7 @@ def test_coco_reader(tmp_path):
     assert "gone.jpg: missing image" in text
     assert "annotation 2: unknown class 3" in text
     assert "annotation 3: box outside the image" in text
+    assert "annotation 5: no valid bbox" in text
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="not a readable COCO JSON"):
         read_coco(tmp_path / "bad.json")
@@ -179,3 +198,36 @@ def test_hsv_jitter_keeps_hue_and_scales_value():
     grey = np.full((1, 1, 3), 100, np.uint8)
     out = hsv_jitter(grey, np.random.default_rng(1))
     assert out[0, 0, 0] == out[0, 0, 1] == out[0, 0, 2]  # no saturation to scale
+
+
+def test_split_is_seeded_and_rounds_once(tmp_path):
+    ds = shapes_dataset(10, 4)
+    tr, va = split_dataset(ds, 0.25, seed=1)
+    assert (len(tr), len(va)) == (8, 2)  # round(2.5) == 2
+    tr2, va2 = split_dataset(ds, 0.25, seed=1)
+    assert [id(r) for r in va.records] == [id(r) for r in va2.records]
+    assert len(split_dataset(ds, 0.01, seed=1)[1]) == 1  # at least one image each side
+
+
+def test_training_shuffles_labels_that_share_a_cell():
+    """darknet shuffles labels on every load: with two objects in one cell, each wins
+    in some epochs. Scoring keeps the first listed (see test_loss)."""
+    import torch
+
+    from model.config import ModelConfig, TrainConfig
+    from model.train import make_batch
+
+    cfg = ModelConfig(input_size=32, S=1, C=2)
+    images = np.zeros((1, 32, 32, 3), np.uint8)
+    labels = [np.array([[0, 0.4, 0.4, 0.2, 0.2], [1, 0.6, 0.6, 0.3, 0.3]])]
+    tc = TrainConfig(augment=False, channels_last=False)
+    firsts = {
+        int(make_batch(images, labels, np.array([0]), cfg, tc, epoch)[1][0][0, 0])
+        for epoch in range(20)
+    }
+    assert firsts == {0, 1}
+    fixed = TrainConfig(augment=False, channels_last=False, shuffle_labels=False)
+    assert torch.equal(
+        make_batch(images, labels, np.array([0]), cfg, fixed, 3)[1][0],
+        torch.tensor(labels[0], dtype=torch.float32),
+    )

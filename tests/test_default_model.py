@@ -13,7 +13,7 @@ from model.config import ModelConfig
 from model.data import shapes_dataset
 from model.networks import build_model
 from model.shapes import CLASS_NAMES
-from tests.server import DEFAULT_MODEL
+from support.procs import DEFAULT_MODEL
 
 
 def test_files_metadata_and_size():

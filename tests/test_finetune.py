@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from model.config import ModelConfig
-from model.finetune import JobSpec, adapt_head, run_finetune
+from model.config import FINETUNE, JobSpec, ModelConfig, TrainConfig
+from model.finetune import adapt_head, run_finetune
 from model.networks import build_model
 from model.registry import ModelStore, RegistryError
-from tests.server import DEFAULT_MODEL
+from support.procs import DEFAULT_MODEL
 
 
 def test_adapt_head_matches_classes_by_name():
@@ -71,15 +71,18 @@ def test_run_finetune_registers_a_version_with_a_rebuilt_head(tmp_path):
     (data / "data.yaml").write_text("names: [circle, square, hexagon, blob, ring]\n")
     spec = JobSpec(
         dataset_format="yolo",
-        dataset_path=str(data),
-        epochs=1,
-        batch_size=4,
+        dataset_path=data,
         val_fraction=0.25,
-        augment=False,
+        train=TrainConfig(**{**FINETUNE.to_dict(), "epochs": 3, "batch_size": 4, "augment": False}),
     )
     seen = []
     out = run_finetune(spec, tmp_path / "run", store, progress=seen.append)
-    assert out["model_version"] == 2 and out["head_rebuilt"] is True
+    # Epoch 0 is the base model on the same split: it knows none of the new classes.
+    epochs = [p["epoch_metrics"] for p in seen if "epoch_metrics" in p]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2, 3]
+    assert out.baseline_map50 == epochs[0]["val_map"]
+    assert out.val_map50 > out.baseline_map50, out
+    assert out.model_version == 2 and out.head_rebuilt is True and not out.activated
     meta = store.verify(2)
     assert meta["parent"] == 1 and meta["dataset"]["classes"][2] == "hexagon"
     side = json.loads((store.path(2) / "model.json").read_text())

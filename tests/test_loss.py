@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model.layout import cells_to_darknet, darknet_to_cells
-from model.loss import YoloLoss, yolo_loss
+from model.loss import yolo_loss
 from model.loss_core import TERMS
 from model.loss_numpy import yolo_loss_numpy
-from tests.reference_loss import reference_loss
+from support.reference_loss import reference_loss
 
 GRIDS = [(7, 2, 20), (3, 1, 2), (4, 3, 5), (2, 2, 1)]
 
@@ -236,7 +236,7 @@ def test_darknet_layout_round_trips_and_scores_the_same():
     assert flat[0, S * S * (C + B) + (i * B + n) * 4 + 2] == cells[0, 2, 5, 5 * n + 2]
     labels = [np.array([[4, 0.3, 0.6, 0.2, 0.4]])] * 3
     a = yolo_loss_numpy(cells, labels)
-    b = yolo_loss_numpy(flat, labels, layout="darknet")
+    b = yolo_loss_numpy(darknet_to_cells(flat, S=S, B=B, C=C), labels)
     assert a.total == pytest.approx(b.total)
 
 
@@ -278,13 +278,41 @@ def test_gradients_finite_at_degenerate_points():
     assert torch.isfinite(r.total)
 
 
-def test_float32_inside_autocast_and_module():
+def test_float32_inside_autocast():
     pred = torch.randn(2, 7, 7, 30, dtype=torch.bfloat16, requires_grad=True)
     labels = [torch.tensor([[1, 0.5, 0.5, 0.3, 0.3]]), torch.zeros(0, 5)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        r = YoloLoss()(pred, labels)
+        r = yolo_loss(pred, labels)
     assert r.total.dtype == torch.float32
     r.total.backward()
     assert torch.isfinite(pred.grad.float()).all()
     ref = yolo_loss_numpy(pred.detach().float().numpy(), [x.numpy() for x in labels])
     assert float(r.total.detach()) == pytest.approx(ref.total, rel=1e-5)
+
+
+def test_float32_and_float64_pick_the_same_predictor_for_small_boxes():
+    """Small boxes (down to the readers' 0.005 of the image) and a predictor that
+    overlaps the truth by a sliver of 2e-8 to 2e-7: in float32 that overlap cancels
+    to 0 and darknet's rule falls back to the nearest box, so the pick (and the loss)
+    would differ between the float32 torch loss and the float64 NumPy loss."""
+    rng = np.random.default_rng(11)
+    S, B, C = 7, 2, 3
+    worst = 0.0
+    for _ in range(2000):
+        tw, th = rng.uniform(0.005, 0.05, size=2)
+        row, col = rng.integers(0, S, size=2)
+        tcx, tcy = (col + rng.uniform(0.2, 0.8)) / S, (row + rng.uniform(0.2, 0.8)) / S
+        lab = np.array([[rng.integers(0, C), tcx, tcy, tw, th]])
+        pred = rng.normal(0.0, 0.05, size=(1, S, S, 5 * B + C))
+        pw, ph = rng.uniform(0.005, 0.05, size=2)
+        sliver = rng.uniform(2e-8, 2e-7)
+        pcx = tcx + (tw + pw) / 2 - sliver  # predictor 0 touches the truth's right edge
+        pred[0, row, col, 0:4] = [pcx * S - col, tcy * S - row, np.sqrt(pw), np.sqrt(ph)]
+        # predictor 1 overlaps nothing but is the nearer one by RMSE half of the time
+        d = rng.uniform(0.5, 1.5) * (tw + pw) / 2 + max(tw, th)
+        pred[0, row, col, 5:9] = [(tcx - d) * S - col, tcy * S - row, np.sqrt(tw), np.sqrt(th)]
+        p32 = pred.astype(np.float32)
+        a = float(yolo_loss(torch.tensor(p32), [torch.tensor(lab)], S=S, B=B, C=C).total)
+        b = yolo_loss_numpy(p32.astype(np.float64), [lab], S=S, B=B, C=C).total
+        worst = max(worst, abs(a - b) / max(abs(b), 1e-12))
+    assert worst < 1e-5, worst

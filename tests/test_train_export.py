@@ -16,7 +16,7 @@ from model.infer import OnnxDetector, read_metadata
 from model.networks import build_model
 from model.preprocess import to_input
 from model.shapes import CLASS_NAMES
-from model.train import TrainConfig, train
+from model.train import Data, TrainConfig, train
 
 SIZE = 96
 
@@ -64,7 +64,7 @@ def test_overfits_a_handful_of_images(small_data, tmp_path):
         weight_decay=0.0,
         amp=False,
     )
-    r = train(_cfg(), tc, X, L, X, L, tmp_path)
+    r = train(_cfg(), tc, Data(X, L, X, L), tmp_path)
     first, last = r.history[0], r.history[-1]
     assert last.train["total"] < 0.02 * first.train["total"]
     maps = [round(h.val_map, 3) for h in r.history]
@@ -79,23 +79,24 @@ def test_resume_continues_exactly(small_data, tmp_path):
 
     X, L = small_data
     tc = TrainConfig(epochs=3, batch_size=4, optimizer="sgd", learning_rate=0.01, seed=3)
-    full = train(_cfg(), tc, X, L, X[:4], L[:4], tmp_path / "full")
+    full = train(_cfg(), tc, Data(X, L, X[:4], L[:4]), tmp_path / "full")
     # The same run, stopped at the first step of epoch 3 (2 steps an epoch) ...
     calls = iter(range(100))
     with pytest.raises(Cancelled):
         train(
             _cfg(),
             tc,
-            X,
-            L,
-            X[:4],
-            L[:4],
+            Data(X, L, X[:4], L[:4]),
             tmp_path / "part",
             should_cancel=lambda: next(calls) == 4,
         )
     # ... and continued from its last checkpoint ends exactly where the full run did.
     resumed = train(
-        _cfg(), tc, X, L, X[:4], L[:4], tmp_path / "part", resume=tmp_path / "part" / "last.pt"
+        _cfg(),
+        tc,
+        Data(X, L, X[:4], L[:4]),
+        tmp_path / "part",
+        resume=tmp_path / "part" / "last.pt",
     )
     a = torch.load(full.last_checkpoint, weights_only=False)["model"]
     b = torch.load(resumed.last_checkpoint, weights_only=False)["model"]
@@ -117,14 +118,18 @@ def test_cancel_check_stops_training(small_data, tmp_path):
 
     with pytest.raises(Cancelled):
         train(
-            _cfg(), TrainConfig(epochs=5, batch_size=2), X, L, X, L, tmp_path, should_cancel=cancel
+            _cfg(),
+            TrainConfig(epochs=5, batch_size=2),
+            Data(X, L, X, L),
+            tmp_path,
+            should_cancel=cancel,
         )
 
 
 def test_export_verifies_and_carries_metadata(small_data, tmp_path):
     X, L = small_data
     tc = TrainConfig(epochs=1, batch_size=4)
-    r = train(_cfg(), tc, X, L, X[:2], L[:2], tmp_path)
+    r = train(_cfg(), tc, Data(X, L, X[:2], L[:2]), tmp_path)
     meta = export_onnx(r.best_checkpoint, tmp_path / "m.onnx", real_images=X[:2])
     assert meta["export"]["max_abs_diff_vs_torch"] <= 1e-4
     assert meta["export"]["opset"] >= 17
@@ -144,7 +149,7 @@ def test_export_verifies_and_carries_metadata(small_data, tmp_path):
 
 def test_export_verification_catches_a_mismatch(small_data, tmp_path):
     X, L = small_data
-    r = train(_cfg(), TrainConfig(epochs=1, batch_size=4), X, L, X[:2], L[:2], tmp_path)
+    r = train(_cfg(), TrainConfig(epochs=1, batch_size=4), Data(X, L, X[:2], L[:2]), tmp_path)
     export_onnx(r.best_checkpoint, tmp_path / "m.onnx")
     model, _ = load_checkpoint(r.best_checkpoint)
     x = [to_input(X[:2], model.cfg)]
@@ -192,10 +197,7 @@ def test_a_time_limit_saves_the_weights_where_it_stopped(small_data, tmp_path):
         train(
             _cfg(),
             TrainConfig(epochs=5, batch_size=2),
-            X,
-            L,
-            X,
-            L,
+            Data(X, L, X, L),
             tmp_path,
             should_cancel=stop_at_step_3,
             checkpoint_on=(TimeLimit,),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import zipfile
@@ -16,7 +14,7 @@ import pytest
 import redis
 
 from model.registry import ModelStore
-from tests.server import DEFAULT_MODEL, ROOT, Server
+from support.procs import DEFAULT_MODEL, Server, Worker
 
 REDIS_URL = os.environ.get("YOLOV1_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 KEY = "test-key"
@@ -33,55 +31,6 @@ def _redis_up() -> bool:
 pytestmark = pytest.mark.skipif(
     not _redis_up(), reason=f"no Redis at {REDIS_URL} (.ci/run starts one)"
 )
-
-
-class Worker:
-    def __init__(self, env: dict[str, str], name: str) -> None:
-        (ROOT / ".pytest_cache").mkdir(exist_ok=True)
-        self.log = open(ROOT / ".pytest_cache" / f"worker-{name}.log", "w+")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "--loglevel=INFO",
-                "-P",
-                "prefork",
-                "-c",
-                "1",
-                "-n",
-                f"{name}@%h",
-                "-Q",
-                "training",
-            ],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def children(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split()]
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-5000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for pid in self.children():
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +86,30 @@ def _wait(client, job_id, until, timeout=240, worker=None):
 
 
 def test_job_runs_registers_a_version_and_reports(stack):
+    from model.shapes import write_yolo_dataset
+
     c = stack["client"]
-    job_id = _submit(c)
+    # Three of the five classes are new to the base model: it scores 0 on them at
+    # epoch 0, so training beats the baseline and the version is registered.
+    write_yolo_dataset(str(stack["base"] / "data" / "renamed"), 24, seed=5)
+    (stack["base"] / "data" / "renamed" / "data.yaml").write_text(
+        "names: [circle, square, hexagon, blob, ring]\n"
+    )
+    job_id = _submit(c, dataset={"format": "yolo", "path": "renamed"}, auto_activate=True)
     assert c.get(f"/v1/jobs/{job_id}").json()["status"] in ("queued", "running")
     job = _wait(c, job_id, lambda j: j["status"] in ("succeeded", "failed"), worker=stack["worker"])
     assert job["status"] == "succeeded", job
-    assert job["model_version"] == 2
-    assert [m["epoch"] for m in job["metrics"]] == [1, 2]
+    assert [m["epoch"] for m in job["metrics"]] == [0, 1, 2]
+    res = job["result"]
+    assert res["baseline_map50"] == job["metrics"][0]["val_map"]
+    assert res["val_map50"] > res["baseline_map50"] and res["best_epoch"] in (1, 2)
+    assert job["model_version"] == 2 and res["activated"] is True, res
+    assert "registered and activated" in res["reason"]
+    deadline = time.monotonic() + 10  # the API follows the store's active version
+    while c.get("/v1/models").json()["active"]["version"] != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert c.post("/v1/models/1/activate", headers=AUTH).status_code == 200  # roll back
     m = job["metrics"][-1]
     assert set(m["train"]) >= {"coord_xy", "coord_wh", "obj", "noobj", "class", "total"}
     assert "val_map" in m and "total" in m["val"]
@@ -162,13 +128,13 @@ def test_job_runs_registers_a_version_and_reports(stack):
 def test_sigkill_mid_job_resumes_from_checkpoint(stack):
     c, worker = stack["client"], stack["worker"]
     job_id = _submit(c, epochs=6, dataset={"format": "shapes", "images": 48})
-    _wait(c, job_id, lambda j: len(j["metrics"]) >= 1 and j["status"] == "running", worker=worker)
+    _wait(c, job_id, lambda j: len(j["metrics"]) >= 2 and j["status"] == "running", worker=worker)
     children = worker.children()
     assert len(children) == 1
     os.kill(children[0], signal.SIGKILL)
     job = _wait(c, job_id, lambda j: j["status"] in ("succeeded", "failed"), worker=worker)
     assert job["status"] == "succeeded", (job, worker.output())
-    assert [m["epoch"] for m in job["metrics"]] == [1, 2, 3, 4, 5, 6]
+    assert [m["epoch"] for m in job["metrics"]] == [0, 1, 2, 3, 4, 5, 6]
     assert job["attempts"] == 2
     assert job["result"]["epochs_trained"] == 6
 
@@ -179,7 +145,7 @@ def test_whole_worker_killed_another_worker_takes_over(stack):
     try:
         stack["worker"].stop()  # only w2 takes jobs now
         job_id = _submit(c, epochs=6, dataset={"format": "shapes", "images": 48})
-        _wait(c, job_id, lambda j: len(j["metrics"]) >= 1 and j["status"] == "running", worker=w2)
+        _wait(c, job_id, lambda j: len(j["metrics"]) >= 2 and j["status"] == "running", worker=w2)
         for pid in w2.children():
             os.kill(pid, signal.SIGKILL)
         w2.proc.kill()  # the main process too: nothing is re-queued by Celery
@@ -188,7 +154,7 @@ def test_whole_worker_killed_another_worker_takes_over(stack):
         try:
             job = _wait(c, job_id, lambda j: j["status"] in ("succeeded", "failed"), worker=w3)
             assert job["status"] == "succeeded", (job, w3.output())
-            assert [m["epoch"] for m in job["metrics"]] == [1, 2, 3, 4, 5, 6]
+            assert [m["epoch"] for m in job["metrics"]] == [0, 1, 2, 3, 4, 5, 6]
         finally:
             w3.stop()
     finally:
@@ -282,6 +248,9 @@ def test_dataset_upload_and_job_on_it(stack, tmp_path):
     job = _wait(c, job_id, lambda j: j["status"] in ("succeeded", "failed"), worker=stack["worker"])
     assert job["status"] == "succeeded", job
     assert job["info"]["head_rebuilt"] is False
+    res = job["result"]  # in-domain: registered only if it beat the base model
+    assert (res["model_version"] is not None) == (res["val_map50"] > res["baseline_map50"])
+    assert res["activated"] is False and res["reason"]
 
 
 def test_hot_swap_under_traffic_and_every_replica_follows(stack):

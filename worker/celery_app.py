@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from celery import Celery
 
+from jobs.queue import QUEUE, TRAIN_TASK
 from worker.settings import WorkerSettings
-
-TRAIN_TASK = "yolov1.train"
-QUEUE = "training"
 
 
 def make_celery(settings: WorkerSettings | None = None) -> Celery:

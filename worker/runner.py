@@ -9,10 +9,13 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
-from worker.jobstore import TERMINAL, JobStore
+from jobs.datasets import resolve_dataset
+from jobs.spec import spec_from_request
+from jobs.store import TERMINAL, JobStore
+from model.config import JobSpec
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -37,20 +40,6 @@ def _owner_is_dead(owner: str) -> bool:
     except PermissionError:
         return False
     return False
-
-
-def resolve_dataset(
-    request: dict[str, Any], jobs: JobStore, data_root: Path
-) -> tuple[str, str | None]:
-    ds = request["dataset"]
-    if ds["format"] == "shapes":
-        return "shapes", None
-    if ds.get("dataset_id"):
-        rec = jobs.get_dataset(ds["dataset_id"])
-        if rec is None:
-            raise ValueError(f"data set {ds['dataset_id']} does not exist")
-        return rec["format"], rec["path"]
-    return ds["format"], str((data_root / ds["path"]).resolve())
 
 
 def run_job(job_id: str, settings: WorkerSettings, jobs: JobStore) -> dict[str, Any]:
@@ -100,99 +89,89 @@ def run_job(job_id: str, settings: WorkerSettings, jobs: JobStore) -> dict[str, 
         jobs.release_lock(job_id, me)
 
 
+class ProgressWriter:
+    """Turns the trainer's progress calls into the job record: each epoch's metrics
+    as it ends, and the step position with an ETA at most twice a second."""
+
+    def __init__(self, job_id: str, jobs: JobStore) -> None:
+        self.job_id, self.jobs = job_id, jobs
+        self.started = time.time()
+        self.last_write = 0.0
+
+    def __call__(self, p: dict[str, Any]) -> None:
+        if "epoch_metrics" in p:
+            self.jobs.append_metrics(self.job_id, p["epoch_metrics"])
+            return
+        now = time.time()
+        if now - self.last_write < 0.5 and p["step"] < p["steps"]:
+            return
+        done = (p["epoch"] - 1) * p["steps"] + p["step"]
+        total = p["epochs"] * p["steps"]
+        rate = done / max(now - self.started, 1e-6)
+        self.jobs.update(
+            self.job_id,
+            progress={
+                "epoch": p["epoch"],
+                "epochs": p["epochs"],
+                "step": p["step"],
+                "steps": p["steps"],
+                "eta_s": round((total - done) / max(rate, 1e-9), 1),
+            },
+        )
+        self.last_write = now
+
+
+def job_spec(request: dict[str, Any], settings: WorkerSettings, jobs: JobStore, store) -> JobSpec:
+    where = resolve_dataset(request["dataset"], jobs, settings.data_root)
+    base = request.get("base_model") or store.active_version() or 1
+    return spec_from_request(request, where.format, where.path, base)
+
+
 def _train(
     job_id: str, request: dict[str, Any], settings: WorkerSettings, jobs: JobStore
 ) -> dict[str, Any]:
     import torch
     from celery.exceptions import SoftTimeLimitExceeded
 
-    from model.finetune import JobSpec, run_finetune
+    from model.finetune import run_finetune
     from model.registry import ModelStore
     from model.train import Cancelled
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     store = ModelStore(settings.model_store)
-    fmt, path = resolve_dataset(request, jobs, settings.data_root)
-    spec = JobSpec(
-        dataset_format=fmt,
-        dataset_path=path,
-        shapes_images=request["dataset"].get("images", 64),
-        base_version=request["base_model"] or store.active_version() or 1,
-        epochs=request["epochs"],
-        batch_size=request["batch_size"],
-        learning_rate=request["learning_rate"],
-        lambda_coord=request["lambda_coord"],
-        lambda_noobj=request["lambda_noobj"],
-        confidence_target=request["confidence_target"],
-        image_size=request.get("image_size"),
-        augment=request["augment"],
-        seed=request["seed"],
-        val_fraction=request["val_fraction"],
-    )
-    started = time.time()
-    last_write = 0.0
 
-    def progress(p: dict[str, Any]) -> None:
-        nonlocal last_write
-        if "epoch_metrics" in p:
-            jobs.append_metrics(job_id, p["epoch_metrics"])
-        now = time.time()
-        if "epoch_metrics" in p or now - last_write > 0.5:
-            done = (p["epoch"] - 1) * p["steps"] + p["step"]
-            total = p["epochs"] * p["steps"]
-            rate = done / max(now - started, 1e-6)
-            jobs.update(
-                job_id,
-                progress={
-                    "epoch": p["epoch"],
-                    "epochs": p["epochs"],
-                    "step": p["step"],
-                    "steps": p["steps"],
-                    "eta_s": round((total - done) / max(rate, 1e-9), 1),
-                },
-            )
-            last_write = now
+    def fail(status: str, error: str) -> dict[str, Any]:
+        jobs.update(job_id, status=status, finished_at=time.time(), error=error)
+        return {"status": status}
 
     try:
-        result = run_finetune(
-            spec,
+        outcome = run_finetune(
+            job_spec(request, settings, jobs, store),
             settings.runs_root / job_id,
             store,
-            progress=progress,
+            progress=ProgressWriter(job_id, jobs),
             should_cancel=lambda: jobs.cancel_requested(job_id),
             on_info=lambda info: jobs.update(job_id, info=info),
             checkpoint_on=(SoftTimeLimitExceeded,),
         )
     except Cancelled as exc:
-        jobs.update(job_id, status="cancelled", finished_at=time.time(), error=str(exc))
-        return {"status": "cancelled"}
+        return fail("cancelled", str(exc))
     except SoftTimeLimitExceeded:
-        jobs.update(
-            job_id,
-            status="failed",
-            finished_at=time.time(),
-            error=f"time limit of {settings.soft_time_limit_s} s reached; "
+        return fail(
+            "failed",
+            f"time limit of {settings.soft_time_limit_s} s reached; "
             "the weights at that step are in interrupted.pt, the last epoch's in last.pt",
         )
-        return {"status": "failed"}
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        jobs.update(
-            job_id, status="failed", finished_at=time.time(), error=f"{type(exc).__name__}: {exc}"
-        )
-        return {"status": "failed"}
-    activated = False
-    if request.get("auto_activate"):
-        parent = store.meta(spec.base_version).get("metrics", {}).get("val_map50")
-        if parent is None or result["val_map50"] >= parent:
-            store.set_active(result["model_version"])
-            activated = True
+        return fail("failed", f"{type(exc).__name__}: {exc}")
+    result = asdict(outcome)
     jobs.update(
         job_id,
         status="succeeded",
         finished_at=time.time(),
-        model_version=result["model_version"],
-        result={**result, "activated": activated},
+        model_version=outcome.model_version,
+        result=result,
     )
     return {"status": "succeeded", **result}

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.registry import DEFAULT_STORE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,9 +16,8 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="YOLOV1_", env_file=".env", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
-    model_store: Path = ROOT / "model_store"
+    model_store: Path = DEFAULT_STORE
     data_root: Path = ROOT / "data"
-    default_model: Path = ROOT / "models" / "default" / "model.onnx"
     # Long ML tasks: the broker must not hand a running job to another worker.
     visibility_timeout_s: int = Field(12 * 3600, ge=60)
     soft_time_limit_s: int = Field(6 * 3600, ge=1)

@@ -7,8 +7,9 @@ import threading
 
 from celery.signals import worker_ready
 
-from worker.celery_app import TRAIN_TASK, celery_app
-from worker.jobstore import JobStore
+from jobs.queue import TRAIN_TASK
+from jobs.store import JobStore
+from worker.celery_app import celery_app
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -11,17 +10,10 @@ from pydantic import TypeAdapter
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from app.schemas import Box, Detection, DetectResult, ImageSize, ModelRef, Timing
-from app.serving import ServedModel
+from app.detection import class_filter, detect_image
+from app.schemas import Box, Detection, DetectResult, ImageSize, ModelRef
 from app.state import AppState, ModelDep, StateDep
 from model.infer import draw_detections
-from model.preprocess import (
-    SUPPORTED_FORMATS,
-    ImageDecodeError,
-    ImageTooLargeError,
-    UnsupportedFormatError,
-    decode_image,
-)
 
 router = APIRouter(prefix="/v1", tags=["detect"])
 RESULTS = TypeAdapter(list[DetectResult])
@@ -94,74 +86,6 @@ async def read_images(request: Request, state: AppState) -> list[bytes]:
     )
 
 
-def _class_filter(classes: list[str] | None, names: list[str]) -> list[int] | None:
-    if not classes:
-        return None
-    out = []
-    for item in (c.strip() for entry in classes for c in entry.split(",")):
-        if not item:
-            continue
-        if item.lstrip("-").isdigit():
-            k = int(item)
-            if not 0 <= k < len(names):
-                raise HTTPException(422, f"class id {k} is outside [0, {len(names)})")
-            out.append(k)
-        elif item in names:
-            out.append(names.index(item))
-        else:
-            raise HTTPException(422, f"unknown class {item!r}; classes are {names}")
-    return out
-
-
-def _decode_and_prepare(data: bytes, model: ServedModel, max_pixels: int):
-    t0 = time.perf_counter()
-    img = decode_image(data, max_pixels=max_pixels, formats=SUPPORTED_FORMATS)
-    t1 = time.perf_counter()
-    arr = model.detector.preprocess(img)
-    return img, arr, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000
-
-
-async def _detect_one(state: AppState, data: bytes, opts: dict[str, Any]):
-    batcher = state.batcher
-    model = state.holder.current
-    batcher.incoming += 1
-    try:
-        try:
-            if batcher.idle:
-                # Nothing to batch with: decode, prepare and run in one hop to the
-                # inference thread (batches that form meanwhile queue behind it).
-                img, arr, decode_ms, prep_ms, res = await batcher.run_alone(
-                    lambda: _decode_and_prepare(data, model, state.settings.max_pixels), model
-                )
-            else:
-                img, arr, decode_ms, prep_ms = await asyncio.get_running_loop().run_in_executor(
-                    state.cpu_pool, _decode_and_prepare, data, model, state.settings.max_pixels
-                )
-                res = None
-        except ImageTooLargeError as exc:
-            raise HTTPException(413, str(exc)) from exc
-        except UnsupportedFormatError as exc:
-            raise HTTPException(415, str(exc)) from exc
-        except ImageDecodeError as exc:
-            raise HTTPException(400, str(exc)) from exc
-    finally:
-        batcher.incoming -= 1
-    if res is None:
-        res = await batcher.submit(arr, model)
-    t0 = time.perf_counter()
-    served: ServedModel = res.model
-    found = served.detector.postprocess(res.grid, img.width, img.height, **opts)
-    post_ms = (time.perf_counter() - t0) * 1000
-    timing = Timing(
-        decode=decode_ms,
-        preprocess=prep_ms,
-        queue=res.queue_ms,
-        inference=res.inference_ms,
-        postprocess=post_ms,
-    )
-    return img, res, found, timing
-
-
 @router.post(
     "/detect",
     response_model=DetectResult | list[DetectResult],
@@ -207,19 +131,30 @@ async def detect(
         conf_threshold=conf_threshold,
         iou_threshold=iou_threshold,
         max_detections=max_detections,
-        classes=_class_filter(classes, model.cfg.class_names),
+        classes=class_filter(classes, model.cfg.class_names),
     )
+
+    def one(data: bytes):
+        return detect_image(
+            data,
+            state.holder.current,
+            state.batcher,
+            state.cpu_pool,
+            max_pixels=state.settings.max_pixels,
+            options=opts,
+        )
+
     if len(images) == 1:  # no task to spawn for the common case
-        done = [await _detect_one(state, images[0], opts)]
+        done = [await one(images[0])]
     else:
-        done = await asyncio.gather(*(_detect_one(state, d, opts) for d in images))
+        done = await asyncio.gather(*(one(d) for d in images))
     if format == "image":
-        img, _, found, _ = done[0]
         buf = io.BytesIO()
-        draw_detections(img, found).save(buf, format="PNG")
+        draw_detections(done[0].image, done[0].detections).save(buf, format="PNG")
         return Response(buf.getvalue(), media_type="image/png")
     results = []
-    for img, res, found, timing in done:
+    for d in done:
+        img, res, found, timing = d.image, d.result, d.detections, d.timing
         results.append(
             DetectResult(
                 model=ModelRef(name=res.model.name, version=res.model.version),

@@ -9,7 +9,9 @@ from fastapi.responses import StreamingResponse
 
 from app.schemas import Job, JobList, JobRequest
 from app.state import AuthDep, JobsDep, StateDep
-from worker.jobstore import TERMINAL
+from jobs.datasets import DatasetError, resolve_dataset
+from jobs.queue import enqueue
+from jobs.store import TERMINAL
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -25,29 +27,6 @@ def _get(jobs, job_id: str) -> dict:
     return rec
 
 
-def _check_dataset(req: JobRequest, state, jobs) -> None:
-    ds = req.dataset
-    if ds.format == "shapes":
-        return
-    if (ds.path is None) == (ds.dataset_id is None):
-        raise HTTPException(422, "dataset needs exactly one of 'path' or 'dataset_id'")
-    if ds.dataset_id is not None:
-        rec = jobs.get_dataset(ds.dataset_id)
-        if rec is None:
-            raise HTTPException(422, f"data set {ds.dataset_id} does not exist")
-        if rec["format"] != ds.format:
-            raise HTTPException(
-                422, f"data set {ds.dataset_id} is {rec['format']}, not {ds.format}"
-            )
-        return
-    root = state.settings.data_root.resolve()
-    target = (root / ds.path).resolve()
-    if not target.is_relative_to(root):
-        raise HTTPException(422, "dataset.path must stay inside the data root")
-    if not target.exists():
-        raise HTTPException(422, f"dataset.path {ds.path!r} does not exist under the data root")
-
-
 @router.post(
     "",
     status_code=202,
@@ -55,13 +34,16 @@ def _check_dataset(req: JobRequest, state, jobs) -> None:
     responses={401: {"description": "API key needed"}, 503: {"description": "no Redis"}},
 )
 def submit(req: JobRequest, state: StateDep, jobs: JobsDep, _auth: AuthDep) -> dict:
-    _check_dataset(req, state, jobs)
+    try:
+        resolve_dataset(req.dataset.model_dump(), jobs, state.settings.data_root)
+    except DatasetError as exc:
+        raise HTTPException(422, str(exc)) from exc
     store = state.manager.store
     if req.base_model is not None and (store is None or req.base_model not in store.versions()):
         raise HTTPException(422, f"base_model version {req.base_model} does not exist")
     rec = jobs.create(req.model_dump())
     try:
-        state.celery().send_task("yolov1.train", args=[rec["id"]], queue="training")
+        enqueue(state.settings.redis_url, rec["id"])
     except Exception as exc:
         jobs.update(rec["id"], status="failed", error=f"could not enqueue: {exc}")
         raise HTTPException(503, f"could not enqueue the job: {exc}") from exc

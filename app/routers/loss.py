@@ -11,22 +11,9 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from app.schemas import (
-    Grid,
-    ImageLoss,
-    Label,
-    LossMetrics,
-    LossOptions,
-    LossRequest,
-    LossResponse,
-    LossTerms,
-)
+from app.schemas import Grid, Label, LossOptions, LossRequest, LossResponse
+from app.scoring import score
 from app.state import ModelDep, StateDep
-from model.boxes import cxcywh_to_xyxy, decode_predictions
-from model.layout import darknet_to_cells
-from model.loss_core import TERMS
-from model.loss_numpy import yolo_loss_numpy
-from model.metrics import ImageDetections, ImageTruth, evaluate_map
 
 router = APIRouter(prefix="/v1", tags=["loss"])
 LABELS = TypeAdapter(list[list[Label]])
@@ -114,87 +101,6 @@ async def _parse(request: Request, limit: int) -> tuple[Any, list[list[Label]], 
     raise HTTPException(415, "send application/json, or multipart/form-data with a .npy part")
 
 
-def _score(
-    preds: Any,
-    labels: list[list[Label]],
-    opts: LossOptions,
-    grid: Grid,
-    class_names: list[str],
-    max_images: int,
-) -> LossResponse:
-    S, B, C = grid.S, grid.B, grid.C
-    try:
-        arr = np.asarray(preds, dtype=np.float64)
-    except (ValueError, TypeError) as exc:
-        raise HTTPException(422, f"predictions must be a regular numeric array: {exc}") from exc
-    ch = 5 * B + C
-    expected = f"(N, {S}, {S}, {ch})" if opts.layout == "cells" else f"(N, {S * S * ch})"
-    ok_ndim = 4 if opts.layout == "cells" else 2
-    if arr.ndim != ok_ndim or arr.shape[0] == 0:
-        raise HTTPException(
-            422,
-            f"predictions must have shape {expected} for S={S}, B={B}, "
-            f"C={C} (layout {opts.layout}), got {arr.shape}",
-        )
-    if arr.shape[0] > max_images:
-        raise HTTPException(413, f"at most {max_images} images per request, got {arr.shape[0]}")
-    if len(labels) != arr.shape[0]:
-        raise HTTPException(422, f"labels has {len(labels)} lists for {arr.shape[0]} images")
-    try:
-        if opts.layout == "darknet":
-            arr = darknet_to_cells(arr, S=S, B=B, C=C)
-        lab = [
-            np.array([[x.class_id, *x.box] for x in image], dtype=np.float64).reshape(-1, 5)
-            for image in labels
-        ]
-        r = yolo_loss_numpy(
-            arr,
-            lab,
-            S=S,
-            B=B,
-            C=C,
-            lambda_coord=opts.lambda_coord,
-            lambda_noobj=opts.lambda_noobj,
-            confidence_target=opts.confidence_target,
-        )
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from exc
-    if not np.isfinite(r.per_image["total"]).all():
-        raise HTTPException(422, "predictions are too large: the loss overflows")
-
-    def terms_of(get) -> LossTerms:
-        return LossTerms(**{("class_" if k == "class" else k): float(get(k)) for k in TERMS})
-
-    per_image = [
-        ImageLoss(
-            loss=float(r.per_image["total"][n]),
-            terms=terms_of(lambda k, n=n: r.per_image[k][n]),
-            objects=int(r.objects[n]),
-            dropped_objects=int(r.dropped[n]),
-        )
-        for n in range(arr.shape[0])
-    ]
-    metrics = None
-    if opts.metrics:
-        dets, truths = [], []
-        for p, t in zip(arr, lab, strict=True):
-            d = decode_predictions(p, S=S, B=B, C=C, conf_threshold=0.01)
-            dets.append(ImageDetections(d["boxes"], d["scores"], d["class_ids"]))
-            truths.append(ImageTruth(cxcywh_to_xyxy(t[:, 1:]), t[:, 0].astype(int)))
-        m = evaluate_map(dets, truths, C)
-        names = class_names if len(class_names) == C else [f"class{i}" for i in range(C)]
-        metrics = LossMetrics(
-            map50=None if np.isnan(m.map) else m.map, ap50={names[c]: v for c, v in m.ap.items()}
-        )
-    return LossResponse(
-        loss=float(r.total),
-        terms=terms_of(lambda k: r.terms[k]),
-        per_image=per_image,
-        grid=grid,
-        metrics=metrics,
-    )
-
-
 @router.post(
     "/loss",
     response_model=LossResponse,
@@ -216,7 +122,7 @@ async def loss(request: Request, state: StateDep, model: ModelDep) -> LossRespon
     grid = opts.grid or Grid(S=model.cfg.S, B=model.cfg.B, C=model.cfg.C)
     return await asyncio.get_running_loop().run_in_executor(
         state.cpu_pool,
-        _score,
+        score,
         preds,
         labels,
         opts,

@@ -1,0 +1,101 @@
+"""Detection of one uploaded image, stage by stage (decode, preprocess, infer through
+the batcher, postprocess), callable without HTTP. Raises ``model.preprocess``'s
+decode errors for bad images (``app.errors`` maps them to 4xx)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from app.batching import BatchResult, MicroBatcher
+from app.errors import InputError
+from app.schemas import Timing
+from app.serving import ServedModel
+from model.infer import Detection
+from model.preprocess import SUPPORTED_FORMATS, decode_image
+
+
+@dataclass
+class Prepared:
+    image: Image.Image  # decoded, EXIF-oriented, RGB: what boxes are measured on
+    array: np.ndarray  # (size, size, 3) uint8 network input
+    decode_ms: float
+    preprocess_ms: float
+
+
+@dataclass
+class Detected:
+    image: Image.Image
+    result: BatchResult  # the grid and the model version that produced it
+    detections: list[Detection]
+    timing: Timing
+
+
+def prepare(data: bytes, model: ServedModel, max_pixels: int) -> Prepared:
+    t0 = time.perf_counter()
+    img = decode_image(data, max_pixels=max_pixels, formats=SUPPORTED_FORMATS)
+    t1 = time.perf_counter()
+    arr = model.detector.preprocess(img)
+    return Prepared(img, arr, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
+
+
+def class_filter(classes: list[str] | None, names: list[str]) -> list[int] | None:
+    """``?classes=`` values (ids or names, repeated or comma-separated) -> class ids."""
+    if not classes:
+        return None
+    out = []
+    for item in (c.strip() for entry in classes for c in entry.split(",")):
+        if not item:
+            continue
+        if item.isascii() and item.lstrip("-").isdigit():
+            k = int(item)
+            if not 0 <= k < len(names):
+                raise InputError(422, f"class id {k} is outside [0, {len(names)})")
+            out.append(k)
+        elif item in names:
+            out.append(names.index(item))
+        else:
+            raise InputError(422, f"unknown class {item!r}; classes are {names}")
+    return out
+
+
+async def detect_image(
+    data: bytes,
+    model: ServedModel,
+    batcher: MicroBatcher,
+    pool: Executor,
+    *,
+    max_pixels: int,
+    options: dict[str, Any],
+) -> Detected:
+    """``options``: ``postprocess``'s thresholds, ``max_detections`` and ``classes``."""
+    with batcher.expecting():
+        if batcher.idle:
+            # Nothing to batch with: decode, prepare and run in one hop to the
+            # inference thread (batches that form meanwhile queue behind it).
+            ran = await batcher.run_alone(lambda: prepare(data, model, max_pixels), model)
+            prepared, result = ran.prepared, ran.result
+        else:
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                pool, prepare, data, model, max_pixels
+            )
+            result = None
+    if result is None:
+        result = await batcher.submit(prepared.array, model)
+    t0 = time.perf_counter()
+    img = prepared.image
+    found = result.model.detector.postprocess(result.grid, img.width, img.height, **options)
+    timing = Timing(
+        decode=prepared.decode_ms,
+        preprocess=prepared.preprocess_ms,
+        queue=result.queue_ms,
+        inference=result.inference_ms,
+        postprocess=(time.perf_counter() - t0) * 1000,
+    )
+    return Detected(img, result, found, timing)

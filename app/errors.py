@@ -1,0 +1,37 @@
+"""Errors the domain modules raise for bad input, and how they reach the client.
+
+Modules that a test calls without HTTP (``app.detection``, ``app.scoring``) raise
+these; one handler per type turns them into a 4xx with the message."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from model.preprocess import ImageDecodeError, ImageTooLargeError, UnsupportedFormatError
+
+
+class InputError(ValueError):
+    """Input the service will not take; ``status`` is 413 (too large), 415 or 422."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# Most specific first: ImageTooLargeError and UnsupportedFormatError are decode errors.
+STATUS = (
+    (InputError, None),
+    (ImageTooLargeError, 413),
+    (UnsupportedFormatError, 415),
+    (ImageDecodeError, 400),
+)
+
+
+def install(app: FastAPI) -> None:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        status = next(s or exc.status for t, s in STATUS if isinstance(exc, t))
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    for exc_type, _ in STATUS:
+        app.add_exception_handler(exc_type, handle)

@@ -1,0 +1,50 @@
+"""Where a job's data set lives: one resolver, with the data-root check, for the API
+(at submit time) and the worker (at run time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.store import JobStore
+
+
+class DatasetError(ValueError):
+    """The data set reference cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class DatasetLocation:
+    format: str  # "yolo" | "voc" | "coco" | "shapes"
+    path: Path | None  # None for generated shapes
+    dataset_id: str | None = None
+
+
+def resolve_dataset(ref: dict[str, Any], store: JobStore, data_root: Path) -> DatasetLocation:
+    """``ref`` is a job request's ``dataset``: ``{"format", "path" | "dataset_id"}``.
+    A path must stay inside ``data_root`` and exist; an id must name an uploaded data
+    set of that format."""
+    fmt = ref["format"]
+    if fmt == "shapes":
+        return DatasetLocation("shapes", None)
+    path, dataset_id = ref.get("path"), ref.get("dataset_id")
+    if (path is None) == (dataset_id is None):
+        raise DatasetError("dataset needs exactly one of 'path' or 'dataset_id'")
+    if dataset_id is not None:
+        rec = store.get_dataset(dataset_id)
+        if rec is None:
+            raise DatasetError(f"data set {dataset_id} does not exist")
+        if rec["format"] != fmt:
+            raise DatasetError(f"data set {dataset_id} is {rec['format']}, not {fmt}")
+        return DatasetLocation(fmt, Path(rec["path"]), dataset_id)
+    root = data_root.resolve()
+    try:
+        target = (root / path).resolve()
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"dataset.path {path!r} is not a usable path") from exc
+    if not target.is_relative_to(root):
+        raise DatasetError("dataset.path must stay inside the data root")
+    if not target.exists():
+        raise DatasetError(f"dataset.path {path!r} does not exist under the data root")
+    return DatasetLocation(fmt, target)

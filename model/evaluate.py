@@ -1,0 +1,85 @@
+"""From prediction grids and labels to VOC mAP, the one way (NumPy, no torch).
+
+Training-time validation, ``yolov1 val``, the API's ``metrics: true`` and the
+benchmarks all evaluate through :class:`Evaluator`, with darknet's rules:
+
+- every class of a predictor box whose ``conf * P(class)`` reaches the threshold
+  is a detection (darknet's ``validate_yolo``, threshold 0.001), then class-wise NMS
+  at IoU 0.5 (at most ``MAX_DETECTIONS`` an image);
+- a detection matches at IoU >= 0.5 (the devkit's ``VOCevaldet.m``), difficult
+  objects neither help nor hurt (``model.metrics``);
+- AP is the all-point area (VOC2010+), with the 11-point VOC2007 variant beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from model.boxes import cxcywh_to_xyxy, decode_predictions
+from model.metrics import ImageDetections, ImageTruth, MAPResult, evaluate_map
+
+CONF_THRESHOLD = 0.001  # darknet's validate_yolo
+NMS_IOU = 0.5
+MAX_DETECTIONS = 300
+
+
+def truth_of(labels: np.ndarray, difficult: np.ndarray | None = None) -> ImageTruth:
+    """``(k, 5)`` labels ``(class_id, cx, cy, w, h)`` -> the image's truth in xyxy."""
+    lab = np.asarray(labels, dtype=np.float64).reshape(-1, 5)
+    return ImageTruth(cxcywh_to_xyxy(lab[:, 1:]), lab[:, 0].astype(np.int64), difficult)
+
+
+class Evaluator:
+    """Accumulates images, then scores them; ``add`` as batches come."""
+
+    def __init__(self, S: int, B: int, C: int, *, conf_threshold: float = CONF_THRESHOLD):
+        self.S, self.B, self.C = S, B, C
+        self.conf_threshold = conf_threshold
+        self.detections: list[ImageDetections] = []
+        self.truths: list[ImageTruth] = []
+
+    def add(
+        self,
+        grids: np.ndarray,
+        labels: Sequence[np.ndarray],
+        difficult: Sequence[np.ndarray | None] | None = None,
+    ) -> None:
+        """``grids`` ``(N, S, S, 5B + C)``; ``labels`` N ``(k, 5)`` arrays; ``difficult``
+        N ``(k,)`` bool arrays or None."""
+        if len(grids) != len(labels):
+            raise ValueError(f"{len(grids)} grids for {len(labels)} label lists")
+        diff = difficult if difficult is not None else [None] * len(labels)
+        for g, lab, d in zip(grids, labels, diff, strict=True):
+            out = decode_predictions(
+                g,
+                S=self.S,
+                B=self.B,
+                C=self.C,
+                conf_threshold=self.conf_threshold,
+                iou_threshold=NMS_IOU,
+                max_detections=MAX_DETECTIONS,
+                every_class=True,
+            )
+            self.detections.append(ImageDetections(out["boxes"], out["scores"], out["class_ids"]))
+            self.truths.append(truth_of(lab, d))
+
+    def result(self, *, method: str = "all") -> MAPResult:
+        return evaluate_map(self.detections, self.truths, self.C, method=method)
+
+
+def evaluate_grids(
+    grids: np.ndarray,
+    labels: Sequence[np.ndarray],
+    difficult: Sequence[np.ndarray | None] | None = None,
+    *,
+    S: int,
+    B: int,
+    C: int,
+    method: str = "all",
+) -> MAPResult:
+    """VOC mAP@0.5 of ``(N, S, S, 5B + C)`` grids against their labels, in one call."""
+    ev = Evaluator(S, B, C)
+    ev.add(grids, labels, difficult)
+    return ev.result(method=method)

@@ -1,0 +1,1 @@
+"""Helpers the tests and the benchmarks share: real processes, the reference loss."""
