@@ -50,6 +50,7 @@ def start_redis() -> tuple[subprocess.Popen, str]:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     env = dict(os.environ)
+    from jobs.queue import QUEUE
     from model.registry import DEFAULT_STORE
 
     env.setdefault("YOLOV1_MODEL_STORE", str(DEFAULT_STORE))
@@ -60,7 +61,7 @@ def main() -> None:
         env["YOLOV1_REDIS_URL"] = url
         log.info("no YOLOV1_REDIS_URL: started an embedded Redis at %s", url)
     worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                               "--loglevel=INFO", "-c", "1", "-Q", "training"], cwd=ROOT, env=env)
+                               "--loglevel=INFO", "-c", "1", "-Q", QUEUE], cwd=ROOT, env=env)
     children.append(worker)
     api = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env)
     children.append(api)

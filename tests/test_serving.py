@@ -1,0 +1,108 @@
+"""The batcher and the model manager in-process, on the real default model and a real
+model store (no HTTP): batching, a swap mid-traffic, following the store."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from app.batching import MicroBatcher
+from app.serving import ModelHolder, ModelManager, load_served_model
+from model.registry import ModelStore
+from support.procs import DEFAULT_MODEL
+
+
+@pytest.fixture(scope="module")
+def served():
+    return load_served_model(DEFAULT_MODEL, version=1, intra_op_threads=1)
+
+
+def _images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_concurrent_images_form_one_batch_with_the_same_grids(served):
+    images = _images(6, served.cfg.input_size)
+    alone = served.run(np.stack(images))  # (6, S, S, 5B + C)
+    sizes = []
+
+    async def go():
+        b = MicroBatcher(max_batch=8, wait_ms=50, on_batch=lambda n, s: sizes.append(n))
+        b.start()
+        try:
+            b.incoming = len(images)  # all six are "decoding": the batch waits for them
+            return await asyncio.gather(*(b.submit(im, served) for im in images))
+        finally:
+            await b.stop()
+
+    results = asyncio.run(go())
+    assert max(sizes) > 1 and sum(sizes) == 6
+    for r, ref in zip(results, alone, strict=True):
+        assert r.model is served and np.allclose(r.grid, ref, atol=1e-4)
+
+
+def test_run_alone_returns_named_parts(served):
+    image = _images(1, served.cfg.input_size)[0]
+
+    async def go():
+        b = MicroBatcher(max_batch=4, wait_ms=1)
+        b.start()
+        try:
+            with b.expecting():
+                assert b.idle
+                return await b.run_alone(lambda: SimpleNamespace(array=image), served)
+        finally:
+            await b.stop()
+
+    ran = asyncio.run(go())
+    assert ran.prepared.array is image and ran.result.batch_size == 1
+    assert np.allclose(ran.result.grid, served.run(image[None])[0], atol=1e-4)
+
+
+def _settings(store_root):
+    return SimpleNamespace(
+        model_store=store_root,
+        model_path=DEFAULT_MODEL,
+        providers=[],
+        intra_op_threads=1,
+        warmup_batch_sizes=[1],
+        batch_max=1,
+        model_poll_s=0.05,
+    )
+
+
+def test_manager_follows_the_store_and_survives_an_unreadable_active_file(tmp_path):
+    store = ModelStore(tmp_path)
+    store.ensure_default(DEFAULT_MODEL)
+    v2 = store.register(
+        {n: store.path(1) / n for n in ("model.onnx", "model.json")}, {"name": "copy"}
+    )
+    holder = ModelHolder()
+    manager = ModelManager(_settings(tmp_path), holder)
+
+    async def go():
+        await manager.activate(1, persist=False)
+        # `active` is a folder from the start: reading it is an OSError that is not
+        # FileNotFoundError; the manager reports it and keeps serving and following.
+        (tmp_path / "active").unlink(missing_ok=True)
+        (tmp_path / "active").mkdir()
+        follow = asyncio.create_task(manager.follow())
+        try:
+            await asyncio.sleep(0.3)
+            assert not follow.done() and holder.current.version == 1
+            assert manager.last_error is not None
+            (tmp_path / "active").rmdir()
+            store.set_active(v2)
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if holder.current.version == v2:
+                    break
+            assert holder.current.version == v2
+        finally:
+            follow.cancel()
+
+    asyncio.run(go())
