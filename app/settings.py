@@ -45,7 +45,10 @@ class Settings(BaseSettings):
     data_root: Path = ROOT / "data"
     # Bearer keys for the mutating endpoints (jobs, data sets, activation); empty: open.
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_dataset_mb: float = Field(500.0, gt=0)
+    # A data-set zip as uploaded (streamed to disk, never held in memory whole), and
+    # what it may expand to.
+    max_dataset_upload_mb: float = Field(2048.0, gt=0)
+    max_dataset_mb: float = Field(4096.0, gt=0)
     max_dataset_entries: int = Field(20_000, ge=1)
     max_compression_ratio: float = Field(200.0, gt=1)
 
@@ -73,3 +76,7 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_dataset_upload_bytes(self) -> int:
+        return int(self.max_dataset_upload_mb * 1024 * 1024)

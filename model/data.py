@@ -33,6 +33,7 @@ class Record:
     difficult: np.ndarray  # (k,) bool
     size: tuple[int, int] = (0, 0)  # (width, height) in pixels, when known
     image: Image.Image | None = None  # in-memory images (the shapes generator)
+    split: str | None = None  # "train" | "val" | "test" when the data set names its splits
 
 
 @dataclass
@@ -100,27 +101,86 @@ def _labels_array(rows: list) -> np.ndarray:
     return np.array(rows, dtype=np.float64).reshape(-1, 5)
 
 
-def read_yolo(root: str | Path) -> DetectionDataset:
-    """``images/`` and ``labels/`` (one ``class cx cy w h`` line per box, fractions);
-    class names from ``data.yaml`` (``names``: a list or an index->name map) or ``classes.txt``."""
-    root = Path(root)
+def _yolo_names(root: Path) -> tuple[list[str], dict]:
+    """Class names (and the whole ``data.yaml``, or {}) of a YOLO data set."""
     if (root / "data.yaml").exists():
-        names = yaml.safe_load((root / "data.yaml").read_text()).get("names")
+        try:
+            doc = yaml.safe_load((root / "data.yaml").read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"data.yaml is not valid YAML ({exc})") from exc
+        if not isinstance(doc, dict):
+            raise ValueError("data.yaml must be a mapping with 'names'")
+        names = doc.get("names")
         if isinstance(names, dict):
             names = [names[k] for k in sorted(names, key=int)]
-    elif (root / "classes.txt").exists():
-        names = [n.strip() for n in (root / "classes.txt").read_text().splitlines() if n.strip()]
-    else:
-        raise ValueError(f"{root}: no data.yaml or classes.txt with the class names")
+        if not isinstance(names, list) or not all(isinstance(n, str | int) for n in names):
+            raise ValueError("data.yaml 'names' must be a list or an index -> name map")
+        return [str(n) for n in names], doc
+    if (root / "classes.txt").exists():
+        text = (root / "classes.txt").read_text()
+        return [n.strip() for n in text.splitlines() if n.strip()], {}
+    raise ValueError("no data.yaml or classes.txt with the class names")
+
+
+def _inside(root: Path, entry: str) -> Path | None:
+    """A ``data.yaml`` split entry as a folder inside the data set, or None. Roboflow
+    writes ``../train/images`` relative to the data set root; Ultralytics resolves it
+    against ``path`` or the root."""
+    for cand in (entry, entry.removeprefix("../"), entry.removeprefix("./")):
+        p = (root / cand).resolve()
+        if p.is_relative_to(root.resolve()) and p.exists():
+            return p
+    return None
+
+
+def _yolo_splits(root: Path, doc: dict) -> list[tuple[str | None, Path]]:
+    """(split, images folder) pairs: ``data.yaml``'s train/val/test when it names
+    them (Ultralytics, Roboflow, CVAT export), else ``images/`` with no split."""
+    base = root / str(doc.get("path") or ".") if doc.get("path") else root
+    pairs = []
+    for split in ("train", "val", "test"):
+        entries = doc.get(split)
+        for entry in entries if isinstance(entries, list) else [entries] if entries else []:
+            folder = _inside(base, str(entry)) or _inside(root, str(entry))
+            if folder is not None and folder.is_dir():
+                pairs.append((split, folder))
+    return pairs or [(None, root / "images")]
+
+
+def read_yolo(root: str | Path) -> DetectionDataset:
+    """YOLO txt labels (one ``class cx cy w h`` line per box, fractions) beside images:
+    ``images/`` and ``labels/``, or the splits ``data.yaml`` names (``train``/``val``/
+    ``test``, folders or lists of folders; labels in the ``labels`` folder beside each
+    ``images`` folder). Class names from ``data.yaml`` (``names``: a list or an
+    index->name map) or ``classes.txt``."""
+    root = Path(root)
+    try:
+        names, doc = _yolo_names(root)
+    except ValueError as exc:
+        raise ValueError(f"{root.name}: {exc}") from exc
     if not names:
-        raise ValueError(f"{root}: no class names")
-    C = len(names)
+        raise ValueError(f"{root.name}: no class names")
     records, skipped = [], []
     boxes = _Boxes(skipped)
-    label_dir = root / "labels"
-    images = sorted(p for p in (root / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    folders = _yolo_splits(root, doc)
+    for split, image_dir in folders:
+        label_dir = image_dir.parent / "labels" if image_dir.name == "images" else image_dir
+        if image_dir.is_dir():
+            _read_yolo_folder(root, image_dir, label_dir, split, len(names), records, boxes)
+    if not records:
+        where = ", ".join(str(f.relative_to(root)) for _, f in folders if f.is_relative_to(root))
+        skipped.append(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {where or 'images/'}; a YOLO "
+            "data set has images/ and labels/, or data.yaml naming train/val folders"
+        )
+    return boxes.finish(names, records)
+
+
+def _read_yolo_folder(root, image_dir, label_dir, split, C, records, boxes) -> None:
+    skipped = boxes.skipped
+    images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     for img_path in images:
-        rel = img_path.relative_to(root / "images")
+        rel = img_path.relative_to(image_dir)
         lab_path = (label_dir / rel).with_suffix(".txt")
         rows = []
         if lab_path.exists():
@@ -149,12 +209,13 @@ def read_yolo(root: str | Path) -> DetectionDataset:
         except Exception:
             skipped.append(f"{img_path.relative_to(root)}: unreadable image")
             continue
-        records.append(Record(img_path, _labels_array(rows), np.zeros(len(rows), bool), size))
+        records.append(
+            Record(img_path, _labels_array(rows), np.zeros(len(rows), bool), size, split=split)
+        )
     for lab_path in sorted(label_dir.rglob("*.txt")) if label_dir.exists() else []:
         stem = lab_path.relative_to(label_dir).with_suffix("")
-        if not any((root / "images" / stem).with_suffix(s).exists() for s in IMAGE_SUFFIXES):
+        if not any((image_dir / stem).with_suffix(s).exists() for s in IMAGE_SUFFIXES):
             skipped.append(f"{lab_path.relative_to(root)}: missing image")
-    return boxes.finish(names, records)
 
 
 def read_voc(root: str | Path, split: str | None = None, class_names: list[str] | None = None):
@@ -323,8 +384,14 @@ def difficult_flags(ds: DetectionDataset) -> list[np.ndarray]:
 def split_dataset(
     ds: DetectionDataset, val_fraction: float, seed: int
 ) -> tuple[DetectionDataset, DetectionDataset]:
-    """A seeded random split into (train, val): ``round(n * val_fraction)`` images,
-    at least one, go to validation; training keeps at least one too."""
+    """(train, val): the data set's own splits when it names a ``val`` split (its
+    ``test`` split is left out), else a seeded random split where ``round(n *
+    val_fraction)`` images, at least one, go to validation and training keeps one."""
+    if any(r.split == "val" for r in ds.records):
+        return tuple(
+            DetectionDataset(ds.class_names, [r for r in ds.records if r.split == name])
+            for name in ("train", "val")
+        )
     order = np.random.default_rng(seed).permutation(len(ds))
     n_val = min(max(1, round(len(ds) * val_fraction)), max(len(ds) - 1, 1))
     val = DetectionDataset(ds.class_names, [ds.records[i] for i in order[:n_val]])

@@ -231,3 +231,32 @@ def test_training_shuffles_labels_that_share_a_cell():
         make_batch(images, labels, np.array([0]), cfg, fixed, 3)[1][0],
         torch.tensor(labels[0], dtype=torch.float32),
     )
+
+
+def test_yolo_reader_takes_the_splits_data_yaml_names(tmp_path):
+    """The layout Ultralytics and Roboflow export: data.yaml with train/val/test folders
+    (Roboflow writes them as ../train/images), labels beside each images folder."""
+    (tmp_path / "data.yaml").write_text(
+        "train: ../train/images\nval: ../valid/images\ntest: ../test/images\nnc: 2\n"
+        "names: ['a', 'b']\n"
+    )
+    for split, n in (("train", 3), ("valid", 2), ("test", 1)):
+        for i in range(n):
+            _img(tmp_path / split / "images" / f"{i}.jpg")
+            (tmp_path / split / "labels").mkdir(exist_ok=True)
+            (tmp_path / split / "labels" / f"{i}.txt").write_text("1 0.5 0.5 0.2 0.2\n")
+    ds = read_dataset(tmp_path, "yolo")
+    assert len(ds) == 6 and not ds.skipped
+    tr, va = split_dataset(ds, 0.5, seed=0)
+    assert (len(tr), len(va)) == (3, 2)
+    assert all(r.image_path.parent.parent.name == "valid" for r in va.records)
+    assert va.records[0].labels.tolist() == [[1, 0.5, 0.5, 0.2, 0.2]]
+
+
+def test_yolo_reader_says_where_it_looked(tmp_path):
+    (tmp_path / "data.yaml").write_text("names: [a]\n")
+    ds = read_yolo(tmp_path)
+    assert len(ds) == 0 and "no images" in ds.skipped[0] and "images" in ds.skipped[0]
+    (tmp_path / "data.yaml").write_text("names: [a\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        read_yolo(tmp_path)

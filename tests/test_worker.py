@@ -125,6 +125,18 @@ def test_job_runs_registers_a_version_and_reports(stack):
     assert "event: job" in text and "event: end" in text and "succeeded" in text
 
 
+def test_a_harmful_job_is_not_activated_and_says_why(stack):
+    c = stack["client"]
+    job_id = _submit(c, learning_rate=1.0, optimizer="sgd", auto_activate=True)
+    job = _wait(c, job_id, lambda j: j["status"] in ("succeeded", "failed"), worker=stack["worker"])
+    assert job["status"] == "succeeded", job
+    res = job["result"]
+    assert res["activated"] is False and res["model_version"] is None, res
+    assert res["val_map50"] <= res["baseline_map50"]
+    assert "no epoch beat the base model" in res["reason"] and "unchanged" in res["reason"]
+    assert c.get("/v1/models").json()["active"]["version"] == 1
+
+
 def test_sigkill_mid_job_resumes_from_checkpoint(stack):
     c, worker = stack["client"], stack["worker"]
     job_id = _submit(c, epochs=6, dataset={"format": "shapes", "images": 48})

@@ -118,8 +118,12 @@ async def upload(
         with open(archive, "wb") as out:
             while chunk := await file.read(1 << 20):
                 size += len(chunk)
-                if size > s.max_upload_bytes:
-                    raise HTTPException(413, f"the upload exceeds {s.max_upload_bytes} bytes")
+                if size > s.max_dataset_upload_bytes:
+                    raise HTTPException(
+                        413,
+                        f"the upload exceeds {s.max_dataset_upload_bytes} bytes "
+                        "(YOLOV1_MAX_DATASET_UPLOAD_MB)",
+                    )
                 out.write(chunk)
         await asyncio.to_thread(
             safe_extract,
