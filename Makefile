@@ -41,6 +41,7 @@ bench: $(STAMP)
 	cd bench && ../$(BIN)/python bench_api.py
 	cd bench && ../$(BIN)/python bench_train.py
 	cd bench && ../$(BIN)/python bench_worker.py
+	cd bench && ../$(BIN)/python bench_finetune.py
 
 # The shipped default model, from scratch (deterministic; about 45 minutes on 2 cores).
 model: $(STAMP)

@@ -172,6 +172,23 @@ class JobRequest(BaseModel):
     learning_rate: float = Field(FINETUNE.learning_rate, gt=0, le=1, allow_inf_nan=False)
     weight_decay: float = Field(FINETUNE.weight_decay, ge=0, le=1, allow_inf_nan=False)
     warmup_epochs: float = Field(FINETUNE.warmup_epochs, ge=0, le=100, allow_inf_nan=False)
+    backbone_lr_scale: float = Field(
+        FINETUNE.backbone_lr_scale,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="the backbone learns at this fraction of learning_rate",
+    )
+    freeze_backbone_epochs: int = Field(FINETUNE.freeze_backbone_epochs, ge=0, le=1000)
+    freeze_bn: bool = Field(
+        FINETUNE.freeze_bn, description="keep the base model's batch-norm statistics"
+    )
+    early_stop_patience: int = Field(
+        FINETUNE.early_stop_patience,
+        ge=0,
+        le=1000,
+        description="stop after this many epochs without a better val mAP (0: never)",
+    )
     lambda_coord: float = Field(FINETUNE.lambda_coord, ge=0, le=1000, allow_inf_nan=False)
     lambda_noobj: float = Field(FINETUNE.lambda_noobj, ge=0, le=1000, allow_inf_nan=False)
     confidence_target: Literal["iou", "one"] = "iou"

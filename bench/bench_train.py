@@ -16,13 +16,15 @@ from model.networks import build_model
 from model.train import bf16_supported, make_batch
 
 
-def images_per_s(cfg: ModelConfig, X, L, *, amp: bool, channels_last: bool, steps: int) -> float:
+def images_per_s(
+    cfg: ModelConfig, X, L, *, amp: bool, channels_last: bool, steps: int, batch_size: int = 32
+) -> float:
     torch.manual_seed(0)
     model = build_model(cfg)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    bs = 32
+    bs = batch_size
     tc = TrainConfig(channels_last=channels_last)
     batches = [
         make_batch(X, L, np.arange(i * bs, (i + 1) * bs) % len(X), cfg, tc, i)

@@ -74,6 +74,15 @@ class TrainConfig:
     # darknet's voc_label.py leaves difficult objects out of training; they still
     # count (as neither hit nor miss) in validation.
     keep_difficult: bool = False
+    # Fine-tuning: the backbone (everything before the head) learns at this fraction
+    # of the learning rate, and not at all for the first freeze_backbone_epochs.
+    backbone_lr_scale: float = 1.0
+    freeze_backbone_epochs: int = 0
+    # Keep batch-norm statistics as the starting weights have them (small batches of
+    # a small data set estimate them badly).
+    freeze_bn: bool = False
+    # Stop when validation mAP has not improved for this many epochs (0: never).
+    early_stop_patience: int = 0
     seed: int = 0
     amp: bool = True  # bf16 autocast where the CPU supports it (the loss stays float32)
     channels_last: bool = True
@@ -93,9 +102,18 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
-# Fine-tuning jobs start from a trained model: a small AdamW step, short warm-up.
+# Fine-tuning jobs start from a trained model: AdamW at 1e-3 for the head and 1e-4 for
+# the backbone, batch-norm statistics kept from the base model, early stopping. Measured
+# in bench/bench_finetune.py; README's fine-tuning section has the figures.
 FINETUNE = TrainConfig(
-    epochs=5, batch_size=16, optimizer="adamw", learning_rate=1e-3, warmup_epochs=1.0
+    epochs=20,
+    batch_size=16,
+    optimizer="adamw",
+    learning_rate=1e-3,
+    warmup_epochs=1.0,
+    backbone_lr_scale=0.1,
+    freeze_bn=True,
+    early_stop_patience=5,
 )
 
 

@@ -11,6 +11,7 @@ out of the image are clipped to it (and counted); boxes narrower or lower than
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -116,10 +117,11 @@ def _yolo_names(root: Path) -> tuple[list[str], dict]:
         if not isinstance(names, list) or not all(isinstance(n, str | int) for n in names):
             raise ValueError("data.yaml 'names' must be a list or an index -> name map")
         return [str(n) for n in names], doc
-    if (root / "classes.txt").exists():
-        text = (root / "classes.txt").read_text()
-        return [n.strip() for n in text.splitlines() if n.strip()], {}
-    raise ValueError("no data.yaml or classes.txt with the class names")
+    for name in ("classes.txt", "obj.names"):  # obj.names: CVAT's YOLO 1.1 export
+        if (root / name).exists():
+            text = (root / name).read_text()
+            return [n.strip() for n in text.splitlines() if n.strip()], {}
+    raise ValueError("no data.yaml, classes.txt or obj.names with the class names")
 
 
 def _inside(root: Path, entry: str) -> Path | None:
@@ -144,6 +146,8 @@ def _yolo_splits(root: Path, doc: dict) -> list[tuple[str | None, Path]]:
             folder = _inside(base, str(entry)) or _inside(root, str(entry))
             if folder is not None and folder.is_dir():
                 pairs.append((split, folder))
+    if not pairs:  # CVAT: obj_train_data/, obj_valid_data/ ... with labels beside images
+        pairs = [(_split_of(d.name), d) for d in sorted(root.glob("obj_*_data")) if d.is_dir()]
     return pairs or [(None, root / "images")]
 
 
@@ -245,6 +249,9 @@ def read_voc(root: str | Path, split: str | None = None, class_names: list[str] 
     for x, r in parsed:
         fname = r.findtext("filename") or f"{x.stem}.jpg"
         img_path = root / "JPEGImages" / fname
+        if not img_path.resolve().is_relative_to(root.resolve()):
+            skipped.append(f"{x.relative_to(root)}: image {fname!r} is outside the data set")
+            continue
         if not img_path.exists():
             skipped.append(f"{x.relative_to(root)}: missing image {fname}")
             continue
@@ -277,11 +284,19 @@ def read_voc(root: str | Path, split: str | None = None, class_names: list[str] 
     return boxes.finish(class_names, records)
 
 
-def read_coco(annotation_file: str | Path, image_dir: str | Path | None = None):
+def read_coco(
+    annotation_file: str | Path,
+    image_dir: str | Path | None = None,
+    *,
+    root: str | Path | None = None,
+    split: str | None = None,
+):
     """COCO JSON (``images``, ``annotations`` with ``bbox`` = x, y, w, h in pixels,
-    ``categories``). Crowd annotations are kept as difficult."""
+    ``categories``). Crowd annotations are kept as difficult. An image whose file would
+    lie outside ``root`` (default: the JSON's folder) is skipped."""
     annotation_file = Path(annotation_file)
     image_dir = Path(image_dir) if image_dir else annotation_file.parent / "images"
+    root = Path(root) if root else annotation_file.parent
     try:
         doc = json.loads(annotation_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -295,11 +310,18 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path | None = None):
     records, skipped = [], []
     boxes = _Boxes(skipped)
     for im in doc.get("images", []):
-        path = image_dir / im["file_name"]
-        if not path.exists():
+        path = image_dir / str(im.get("file_name", ""))
+        if not path.resolve().is_relative_to(root.resolve()):
+            skipped.append(f"image {im.get('file_name')!r}: outside the data set")
+            continue
+        if not path.is_file():
             skipped.append(f"image {im['file_name']}: missing image")
             continue
-        W, H = int(im["width"]), int(im["height"])
+        try:
+            W, H = int(im["width"]), int(im["height"])
+        except (KeyError, TypeError, ValueError):
+            with Image.open(path) as opened:
+                W, H = opened.size
         rows, diff = [], []
         for a in by_image.get(im["id"], []):
             where = f"annotation {a.get('id')}"
@@ -318,25 +340,94 @@ def read_coco(annotation_file: str | Path, image_dir: str | Path | None = None):
                 continue
             rows.append(row)
             diff.append(bool(a.get("iscrowd", 0)))
-        records.append(Record(path, _labels_array(rows), np.array(diff, bool), (W, H)))
+        records.append(
+            Record(path, _labels_array(rows), np.array(diff, bool), (W, H), split=split)
+        )
     known = {im["id"] for im in doc.get("images", [])}
     for image_id in by_image.keys() - known:
         skipped.append(f"annotations for image id {image_id}: no such image")
     return boxes.finish(class_names, records)
 
 
+SPLIT_WORDS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+def _split_of(name: str) -> str | None:
+    """``instances_train2017`` -> "train", ``valid`` -> "val", ``obj_test_data`` -> "test"."""
+    for word in re.split(r"[^a-z]+", name.lower()):
+        if word in SPLIT_WORDS:
+            return SPLIT_WORDS[word]
+        for key, split in SPLIT_WORDS.items():
+            if word.startswith(key) and word[len(key) :].isdigit():
+                return split
+    return None
+
+
+def _merge(parts: list[DetectionDataset]) -> DetectionDataset:
+    names = parts[0].class_names
+    for p in parts[1:]:
+        if p.class_names != names:
+            raise ValueError(f"the splits name different classes: {names} and {p.class_names}")
+    return DetectionDataset(
+        names,
+        [r for p in parts for r in p.records],
+        [s for p in parts for s in p.skipped],
+        sum(p.clipped for p in parts),
+    )
+
+
+def read_voc_splits(root: Path) -> DetectionDataset:
+    """VOC with ``ImageSets/Main/train.txt`` and ``val.txt`` (``trainval.txt`` is their
+    union): both, each record marked with its split; else every annotation."""
+    main = root / "ImageSets" / "Main"
+    if not ((main / "train.txt").exists() and (main / "val.txt").exists()):
+        return read_voc(root)
+    names = read_voc(root).class_names  # one class list for both splits
+    parts = [read_voc(root, split, names) for split in ("train", "val")]
+    for split, part in zip(("train", "val"), parts, strict=True):
+        for r in part.records:
+            r.split = split
+    return _merge(parts)
+
+
+def read_coco_splits(root: Path) -> DetectionDataset:
+    """One COCO JSON, or one per split: ``annotations/instances_<split>*.json`` with
+    images in ``<split>*/`` (the COCO layout), or ``<split>/_annotations.coco.json``
+    beside its images (Roboflow's export)."""
+    files = sorted({*root.glob("*.json"), *root.glob("annotations/*.json"), *root.glob("*/*.json")})
+    if not files:
+        raise ValueError("no COCO annotation JSON file (looked in ./, annotations/ and */)")
+    if len(files) == 1:
+        f = files[0]
+        images = root / "images" if (root / "images").is_dir() else f.parent
+        return read_coco(f, images, root=root)
+    parts = []
+    for f in files:
+        split = _split_of(f.stem) or _split_of(f.parent.name)
+        if split is None:
+            raise ValueError(f"{f.relative_to(root)}: cannot tell its split (train, val, test)")
+        if f.parent in (root, root / "annotations"):  # COCO: instances_train2017 -> train2017/
+            folder = f.stem.split("_", 1)[-1]
+            where = (root / folder, root / "images" / folder, root / "images")
+            images = next((c for c in where if c.is_dir()), root)
+        else:  # Roboflow: the JSON beside its images
+            images = f.parent
+        parts.append(read_coco(f, images, root=root, split=split))
+    return _merge(parts)
+
+
 def read_dataset(path: str | Path, fmt: str) -> DetectionDataset:
-    """Read a data set folder in ``fmt`` ("yolo", "voc" or "coco")."""
+    """Read a data set folder in ``fmt`` ("yolo", "voc" or "coco"), with its own
+    train/val/test splits where it has them (``Record.split``)."""
     path = Path(path)
     if fmt == "yolo":
         return read_yolo(path)
     if fmt == "voc":
-        return read_voc(path)
+        return read_voc_splits(path)
     if fmt == "coco":
-        ann = path if path.is_file() else next(iter(sorted(path.glob("*.json"))), None)
-        if ann is None:
-            raise ValueError(f"{path}: no COCO annotation JSON file")
-        return read_coco(ann, None if path.is_file() else path / "images")
+        if path.is_file():
+            return read_coco(path)
+        return read_coco_splits(path)
     raise ValueError(f"unknown data set format {fmt!r}; use yolo, voc or coco")
 
 

@@ -121,6 +121,20 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
+def set_lr(opt: torch.optim.Optimizer, lr: float, epoch: int, tc: TrainConfig) -> None:
+    frozen = epoch < tc.freeze_backbone_epochs
+    for g in opt.param_groups:
+        g["lr"] = lr * ((0.0 if frozen else tc.backbone_lr_scale) if g["backbone"] else 1.0)
+
+
+def train_mode(model: torch.nn.Module, tc: TrainConfig) -> None:
+    model.train()
+    if tc.freeze_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def use_amp(tc: TrainConfig) -> bool:
     return tc.amp and bf16_supported()
 
@@ -177,11 +191,15 @@ def build_network(
 
 
 def build_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on weights only, not on biases and batch-norm parameters."""
-    groups = [
-        {"params": [p for p in model.parameters() if p.dim() > 1], "weight_decay": tc.weight_decay},
-        {"params": [p for p in model.parameters() if p.dim() <= 1], "weight_decay": 0.0},
-    ]
+    """Weight decay on weights only, not on biases and batch-norm parameters; the
+    backbone's groups are marked so that :func:`set_lr` can slow or freeze them."""
+    groups = []
+    for part, backbone in ((model.features, True), (model.head, False)):
+        for decay in (True, False):
+            params = [p for p in part.parameters() if (p.dim() > 1) == decay]
+            if params:
+                wd = tc.weight_decay if decay else 0.0
+                groups.append({"params": params, "weight_decay": wd, "backbone": backbone})
     if tc.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=tc.learning_rate, momentum=tc.momentum)
     return torch.optim.AdamW(groups, lr=tc.learning_rate)
@@ -224,7 +242,7 @@ def train_one_epoch(
     should_cancel: Callable[[], bool] | None,
 ) -> tuple[dict[str, float], float, float]:
     """One pass over the training set: mean loss terms per image, images/s, last lr."""
-    model.train()
+    train_mode(model, tc)
     n = len(data.train_images)
     steps = max(1, math.ceil(n / tc.batch_size))
     warmup = int(tc.warmup_epochs * steps)
@@ -247,8 +265,7 @@ def train_one_epoch(
         if step + 1 < steps:
             pending = prefetch.submit(batch_at, step + 1)
         lr = lr_at(epoch * steps + step, tc.epochs * steps, warmup, tc.learning_rate)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        set_lr(opt, lr, epoch, tc)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_amp(tc)):
             pred = model(x)  # (n, S, S, 5B + C)
         r = yolo_loss(pred, labs, **loss_options(cfg, tc))
@@ -361,6 +378,9 @@ def train(
                 _atomic_save(ckpt, best_path)
             write_metrics(state.history, out)
             report_epoch(m, tc, progress)
+            if tc.early_stop_patience and m.epoch - state.best_epoch >= tc.early_stop_patience:
+                log.info("no better val mAP for %d epochs: stopping", tc.early_stop_patience)
+                break
     except checkpoint_on:
         # Stopped from outside (a time limit): keep where it got to, then let it propagate.
         interrupted = {**checkpoint(model, opt, state, epoch, model_cfg, tc), "step": state.step}

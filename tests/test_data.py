@@ -260,3 +260,49 @@ def test_yolo_reader_says_where_it_looked(tmp_path):
     (tmp_path / "data.yaml").write_text("names: [a\n")
     with pytest.raises(ValueError, match="not valid YAML"):
         read_yolo(tmp_path)
+
+
+def test_voc_and_coco_with_their_own_splits(tmp_path):
+    from model.shapes import write_yolo_dataset
+
+    # VOC: ImageSets/Main/train.txt and val.txt
+    voc = tmp_path / "voc"
+    for i in range(3):
+        _img(voc / "JPEGImages" / f"{i}.jpg", (100, 100))
+        (voc / "Annotations").mkdir(parents=True, exist_ok=True)
+        (voc / "Annotations" / f"{i}.xml").write_text(
+            f"<annotation><filename>{i}.jpg</filename><size><width>100</width>"
+            "<height>100</height></size><object><name>cat</name><bndbox><xmin>10</xmin>"
+            "<ymin>10</ymin><xmax>50</xmax><ymax>50</ymax></bndbox></object></annotation>"
+        )
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "ImageSets" / "Main" / "train.txt").write_text("0\n1\n")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("2\n")
+    tr, va = split_dataset(read_dataset(voc, "voc"), 0.5, seed=0)
+    assert [r.image_path.name for r in va.records] == ["2.jpg"] and len(tr) == 2
+    # COCO as Roboflow exports it: one _annotations.coco.json per split folder
+    coco = tmp_path / "coco"
+    for split, n in (("train", 2), ("valid", 1)):
+        doc = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "x"}]}
+        for i in range(n):
+            _img(coco / split / f"{i}.jpg", (100, 100))
+            doc["images"].append({"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 100})
+            doc["annotations"].append({"id": i, "image_id": i, "category_id": 1,
+                                       "bbox": [10, 10, 20, 20]})  # fmt: skip
+        (coco / split / "_annotations.coco.json").write_text(json.dumps(doc))
+    ds = read_dataset(coco, "coco")
+    assert len(ds) == 3 and sorted(r.split for r in ds.records) == ["train", "train", "val"]
+    # a file name that leaves the data set is a skip, not a file opened
+    doc["images"].append({"id": 9, "file_name": "../../../../etc/passwd", "width": 1, "height": 1})
+    (coco / "valid" / "_annotations.coco.json").write_text(json.dumps(doc))
+    assert "outside the data set" in "\n".join(read_dataset(coco, "coco").skipped)
+    # CVAT's YOLO 1.1 export: obj.names, obj_train_data/ with labels beside the images
+    cvat = tmp_path / "cvat"
+    write_yolo_dataset(str(tmp_path / "y"), 3, seed=2)
+    (cvat / "obj_train_data").mkdir(parents=True)
+    for p in [*(tmp_path / "y" / "images").iterdir(), *(tmp_path / "y" / "labels").iterdir()]:
+        (cvat / "obj_train_data" / p.name).write_bytes(p.read_bytes())
+    (cvat / "obj.names").write_text("\n".join(CLASS_NAMES) + "\n")
+    ds = read_dataset(cvat, "yolo")
+    assert len(ds) == 3 and {r.split for r in ds.records} == {"train"}
+    assert sum(len(r.labels) for r in ds.records) > 0

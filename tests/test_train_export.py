@@ -205,3 +205,30 @@ def test_a_time_limit_saves_the_weights_where_it_stopped(small_data, tmp_path):
     ckpt = torch.load(tmp_path / "interrupted.pt", weights_only=False)
     assert (ckpt["epoch"], ckpt["step"]) == (0, 3)
     build_model(ModelConfig.from_dict(ckpt["model_config"])).load_state_dict(ckpt["model"])
+
+
+def test_fine_tuning_controls_freeze_what_they_say(small_data, tmp_path):
+    """A frozen backbone does not move in its frozen epochs, frozen batch norm keeps its
+    statistics, and early stopping ends a run that stopped improving."""
+    X, L = small_data
+    cfg = _cfg()
+    torch.manual_seed(0)
+    start = {k: v.clone() for k, v in build_model(cfg).state_dict().items()}
+    tc = TrainConfig(
+        epochs=1, batch_size=4, freeze_backbone_epochs=1, freeze_bn=True, learning_rate=1e-2
+    )
+    r = train(cfg, tc, Data(X, L, X[:2], L[:2]), tmp_path / "a", init_weights=start)
+    after = torch.load(r.last_checkpoint, weights_only=False)["model"]
+    for k, v in start.items():
+        if k.startswith("features."):
+            assert torch.equal(after[k], v), k  # weights and batch-norm statistics
+    head_bn = [k for k in start if k.startswith("head.") and k.endswith("running_mean")]
+    assert head_bn and all(torch.equal(after[k], start[k]) for k in head_bn)
+    assert not torch.equal(after["head.3.weight"], start["head.3.weight"])  # the head trains
+    # Weights that do not move: no epoch improves on the first, so patience 2 stops
+    # after epoch 3 of 10.
+    tc = TrainConfig(
+        epochs=10, batch_size=4, learning_rate=1e-12, freeze_bn=True, early_stop_patience=2
+    )
+    r = train(cfg, tc, Data(X, L, X[:2], L[:2]), tmp_path / "b")
+    assert [h.epoch for h in r.history] == [1, 2, 3]

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import redis
 
@@ -329,3 +330,35 @@ def test_fuzzing_jobs_and_datasets_finds_no_server_error(stack):
 
     # Without the API key the mutating calls answer 401: no random job runs.
     fuzz(stack["api"].url, "--include-path-regex", "^/v1/(jobs|datasets|models)")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_100_mb_upload_streams_with_bounded_memory(stack, tmp_path):
+    from model.shapes import write_yolo_dataset
+
+    c = stack["client"]
+    write_yolo_dataset(str(tmp_path / "ds"), 4, seed=9)
+    archive = tmp_path / "big.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        for p in (tmp_path / "ds").rglob("*"):
+            if p.is_file():
+                z.write(p, f"ds/{p.relative_to(tmp_path / 'ds')}")
+        with z.open("ds/extra/blob.bin", "w") as f:  # 100 MB that does not compress
+            rng = np.random.default_rng(0)
+            for _ in range(100):
+                f.write(rng.bytes(1 << 20))
+    assert archive.stat().st_size > 100 * 2**20
+    before = _peak_rss_mb(stack["api"].proc.pid)
+    with open(archive, "rb") as f:
+        r = c.post("/v1/datasets", files={"file": ("big.zip", f)}, headers=AUTH, timeout=120)
+    assert r.status_code == 201, r.text
+    assert r.json()["images"] == 4
+    grew = _peak_rss_mb(stack["api"].proc.pid) - before
+    assert grew < 40, f"peak RSS grew {grew:.0f} MB for a 100 MB upload"

@@ -77,14 +77,14 @@ def _root_of(dest: Path) -> Path:
 def _guess_format(root: Path) -> str:
     if (root / "Annotations").is_dir():
         return "voc"
-    if (root / "data.yaml").exists() or (root / "classes.txt").exists():
+    if any((root / n).exists() for n in ("data.yaml", "classes.txt", "obj.names")):
         return "yolo"
-    if list(root.glob("*.json")):
+    if any(next(root.glob(g), None) for g in ("*.json", "annotations/*.json", "*/*.json")):
         return "coco"
     raise HTTPException(
         422,
-        "cannot tell the format: expected data.yaml or classes.txt (yolo), "
-        "Annotations/ (voc) or a .json file (coco)",
+        "cannot tell the format: expected data.yaml, classes.txt or obj.names (yolo), "
+        "Annotations/ (voc) or COCO .json files (./, annotations/ or one per split folder)",
     )
 
 
