@@ -28,10 +28,11 @@ def _background(w: int, h: int, rng: np.random.Generator) -> Image.Image:
         mask = ((xx // cell + yy // cell) % 2).astype(bool)
     elif kind == 1:  # stripes
         mask = ((xx + yy * rng.uniform(-1, 1)) // cell % 2).astype(bool)
-    else:  # soft blobs
+    else:  # soft blobs: a smooth blend of the two colours, no edges
         low = rng.uniform(0, 1, (rng.integers(3, 7), rng.integers(3, 7)))
         blob = np.asarray(Image.fromarray((low * 255).astype(np.uint8)).resize((w, h), 3))
-        mask = blob > 127
+        t = (blob.astype(np.float32) / 255)[..., None]
+        return Image.fromarray((base + t * (other - base)).astype(np.uint8))
     img = np.where(mask[..., None], other, base).astype(np.uint8)
     return Image.fromarray(img)
 
@@ -77,7 +78,8 @@ def scene(seed: int, classes: list[str]) -> tuple[bytes, str, np.ndarray]:
         else:
             continue
         pixel = np.asarray(img.getpixel((int(cx), int(cy))), float)
-        colour = np.clip(pixel + rng.choice([-1, 1], 3) * rng.uniform(60, 140, 3), 0, 255)
+        away = np.where(pixel > 127, -1.0, 1.0)  # contrast of at least 60 levels a channel
+        colour = np.clip(pixel + away * rng.uniform(60, 140, 3), 0, 255)
         fill = tuple(int(v) for v in colour)
         outline = rng.random() < 0.3
         width = max(2, int(r * 0.18))

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,6 @@ from model.loss import yolo_loss
 from model.loss_core import TERMS
 from model.networks import build_model
 from model.plots import plot_curves
-from model.preprocess import to_input
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +95,20 @@ def make_batch(
                 img, lab = augment(img, lab, rng)
         imgs.append(img)
         labs.append(torch.from_numpy(np.asarray(lab, dtype=np.float32)))
-    x = torch.from_numpy(to_input(np.stack(imgs), cfg))  # (n, 3, H, W)
-    if tc.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, labs
+    return to_tensor(np.stack(imgs), cfg, tc.channels_last), labs
+
+
+def to_tensor(batch_uint8: np.ndarray, cfg: ModelConfig, channels_last: bool) -> torch.Tensor:
+    """``(n, H, W, 3)`` uint8 -> ``(n, 3, H, W)`` float32 network input, the same numbers
+    as ``model.preprocess.to_input`` but in torch: a permuted view of the NHWC array is
+    already channels_last, so no transposing copy (4x faster than NumPy here)."""
+    x = torch.from_numpy(batch_uint8).permute(0, 3, 1, 2).float() / 255.0  # (n, 3, H, W)
+    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
 
 
 def loss_options(cfg: ModelConfig, tc: TrainConfig) -> dict:
@@ -229,41 +238,60 @@ def restore(path: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer
     )
 
 
+class Batches:
+    """Training batches by (epoch, step), made in a background thread one step ahead
+    (PIL and NumPy release the GIL); what a batch holds does not depend on timing."""
+
+    def __init__(self, data: Data, cfg: ModelConfig, tc: TrainConfig) -> None:
+        self.data, self.cfg, self.tc = data, cfg, tc
+        self.steps = max(1, math.ceil(len(data.train_images) / tc.batch_size))
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="batches")
+        self.ahead: dict[tuple[int, int], Future] = {}
+
+    def at(self, epoch: int, step: int) -> tuple[np.ndarray, torch.Tensor, list[torch.Tensor]]:
+        order = np.random.default_rng((self.tc.seed, epoch)).permutation(
+            len(self.data.train_images)
+        )
+        idx = order[step * self.tc.batch_size : (step + 1) * self.tc.batch_size]
+        d = self.data
+        return idx, *make_batch(d.train_images, d.train_labels, idx, self.cfg, self.tc, epoch)
+
+    def prepare(self, epoch: int, step: int) -> None:
+        """Start making a batch now (the next epoch's first during validation, say)."""
+        if epoch < self.tc.epochs and (epoch, step) not in self.ahead:
+            self.ahead[(epoch, step)] = self.pool.submit(self.at, epoch, step)
+
+    def get(self, epoch: int, step: int) -> tuple[np.ndarray, torch.Tensor, list[torch.Tensor]]:
+        self.prepare(epoch, step)
+        batch = self.ahead.pop((epoch, step)).result()
+        self.prepare(*((epoch, step + 1) if step + 1 < self.steps else (epoch + 1, 0)))
+        return batch
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
-    data: Data,
+    batches: Batches,
     cfg: ModelConfig,
     tc: TrainConfig,
     epoch: int,
     state: Progress,
-    prefetch: ThreadPoolExecutor,
     progress: Callable[[dict], None] | None,
     should_cancel: Callable[[], bool] | None,
 ) -> tuple[dict[str, float], float, float]:
     """One pass over the training set: mean loss terms per image, images/s, last lr."""
     train_mode(model, tc)
-    n = len(data.train_images)
-    steps = max(1, math.ceil(n / tc.batch_size))
+    steps = batches.steps
     warmup = int(tc.warmup_epochs * steps)
-    order = np.random.default_rng((tc.seed, epoch)).permutation(n)
     sums, seen, lr, t0 = dict.fromkeys(TERMS, 0.0), 0, tc.learning_rate, time.perf_counter()
-
-    def batch_at(step: int) -> tuple[np.ndarray, torch.Tensor, list[torch.Tensor]]:
-        idx = order[step * tc.batch_size : (step + 1) * tc.batch_size]
-        return idx, *make_batch(data.train_images, data.train_labels, idx, cfg, tc, epoch)
-
-    # Prepare the next batch in a thread while this one trains (PIL and NumPy
-    # release the GIL); the batch contents do not depend on timing.
-    pending = prefetch.submit(batch_at, 0)
     for step in range(steps):
         state.step = step
         if should_cancel is not None and should_cancel():
-            pending.cancel()
             raise Cancelled(f"cancelled at epoch {epoch}, step {step}")
-        idx, x, labs = pending.result()
-        if step + 1 < steps:
-            pending = prefetch.submit(batch_at, step + 1)
+        idx, x, labs = batches.get(epoch, step)
         lr = lr_at(epoch * steps + step, tc.epochs * steps, warmup, tc.learning_rate)
         set_lr(opt, lr, epoch, tc)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_amp(tc)):
@@ -353,12 +381,13 @@ def train(
         state.history.append(EpochMetrics(0, {}, val_terms, val_map))
         log.info("epoch 0 (the starting weights)  val mAP@0.5 %.4f", val_map)
         report_epoch(state.history[-1], tc, progress)
-    prefetch = ThreadPoolExecutor(1)
+    batches = Batches(data, model_cfg, tc)
+    batches.prepare(state.start_epoch, 0)
     epoch = state.start_epoch
     try:
         for epoch in range(state.start_epoch, tc.epochs):
             train_terms, speed, lr = train_one_epoch(
-                model, opt, data, model_cfg, tc, epoch, state, prefetch, progress, should_cancel
+                model, opt, batches, model_cfg, tc, epoch, state, progress, should_cancel
             )
             val_terms, val_map = evaluate(
                 model, data.val_images, data.val_labels, model_cfg, tc, data.val_difficult
@@ -387,7 +416,7 @@ def train(
         _atomic_save(interrupted, out / "interrupted.pt")
         raise
     finally:
-        prefetch.shutdown(wait=False, cancel_futures=True)
+        batches.close()
     write_metrics(state.history, out)
     plot_curves([asdict(h) for h in state.history], out / "curves.png")
     return TrainResult(best_path, last_path, state.history, state.best_map, state.best_epoch)

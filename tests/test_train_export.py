@@ -232,3 +232,14 @@ def test_fine_tuning_controls_freeze_what_they_say(small_data, tmp_path):
     )
     r = train(cfg, tc, Data(X, L, X[:2], L[:2]), tmp_path / "b")
     assert [h.epoch for h in r.history] == [1, 2, 3]
+
+
+def test_training_input_is_the_inference_input():
+    """The trainer converts batches in torch; the numbers are the ONNX path's."""
+    from model.train import to_tensor
+
+    cfg = ModelConfig(input_size=64, C=5, mean=[0.1, 0.2, 0.3], std=[0.5, 0.6, 0.7])
+    X = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    ref = torch.from_numpy(to_input(X, cfg))
+    for channels_last in (True, False):
+        assert torch.equal(to_tensor(X, cfg, channels_last), ref)
