@@ -6,6 +6,7 @@ these; one handler per type turns them into a 4xx with the message."""
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from model.preprocess import ImageDecodeError, ImageTooLargeError, UnsupportedFormatError
@@ -33,5 +34,15 @@ def install(app: FastAPI) -> None:
         status = next(s or exc.status for t, s in STATUS if isinstance(exc, t))
         return JSONResponse({"detail": str(exc)}, status_code=status)
 
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Where and what, never the input itself: it can be megabytes, or a NaN that
+        # JSON cannot carry (FastAPI's own handler would answer 500 then).
+        errors = [
+            {"type": e.get("type"), "loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     for exc_type, _ in STATUS:
         app.add_exception_handler(exc_type, handle)
+    app.add_exception_handler(RequestValidationError, invalid)

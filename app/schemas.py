@@ -64,8 +64,10 @@ class Label(BaseModel):
         json_schema_extra={"example": {"class_id": 1, "box": [0.5, 0.5, 0.2, 0.3]}}
     )
 
-    class_id: int = Field(description="in [0, C)")
-    box: list[float] = Field(min_length=4, max_length=4, description="cx, cy, w, h (fractions)")
+    class_id: int = Field(ge=0, le=2**31, description="in [0, C)")
+    box: list[float] = Field(
+        min_length=4, max_length=4, description="cx, cy, w, h (fractions)"
+    )
 
 
 class LossOptions(BaseModel):

@@ -57,7 +57,11 @@ async def require_key(request: Request) -> None:
     if not keys:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token, k) for k in keys):
+    # Bytes: compare_digest refuses str with non-ASCII characters (a 500 otherwise).
+    given = token.encode("utf-8", "surrogateescape")
+    if scheme.lower() != "bearer" or not any(
+        hmac.compare_digest(given, k.encode("utf-8")) for k in keys
+    ):
         raise HTTPException(
             401,
             "missing or invalid API key (Authorization: Bearer <key>)",

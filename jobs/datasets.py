@@ -39,12 +39,15 @@ def resolve_dataset(ref: dict[str, Any], store: JobStore, data_root: Path) -> Da
             raise DatasetError(f"data set {dataset_id} is {rec['format']}, not {fmt}")
         return DatasetLocation(fmt, Path(rec["path"]), dataset_id)
     root = data_root.resolve()
+    shown = path if len(path) <= 200 else f"{path[:200]}..."
     try:
         target = (root / path).resolve()
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"dataset.path {path!r} is not a usable path") from exc
-    if not target.is_relative_to(root):
+        inside = target.is_relative_to(root)
+        exists = inside and target.exists()
+    except (OSError, ValueError) as exc:  # NUL bytes, names too long
+        raise DatasetError(f"dataset.path {shown!r} is not a usable path") from exc
+    if not inside:
         raise DatasetError("dataset.path must stay inside the data root")
-    if not target.exists():
-        raise DatasetError(f"dataset.path {path!r} does not exist under the data root")
+    if not exists:
+        raise DatasetError(f"dataset.path {shown!r} does not exist under the data root")
     return DatasetLocation(fmt, target)

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 ARCHITECTURES = ("yolov1", "fast-yolov1", "tiny-yolov1")
+# Input pixels per feature-map cell before the pooling to S x S (model/networks.py).
+STRIDE = {"yolov1": 64, "fast-yolov1": 64, "tiny-yolov1": 32}
 
 
 @dataclass
@@ -42,6 +44,15 @@ class ModelConfig:
     @property
     def channels(self) -> int:
         return 5 * self.B + self.C
+
+    def input_size_problem(self, size: int) -> str | None:
+        """Why the network cannot take ``size`` x ``size`` images (None: it can): the
+        feature map must pool evenly to S x S, or the ONNX export fails."""
+        stride = STRIDE[self.arch]
+        if size % stride or (size // stride) % self.S:
+            ok = [stride * self.S * k for k in range(1, 5)]
+            return f"{self.arch} with S={self.S} takes image sizes {ok}, not {size}"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

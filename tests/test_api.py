@@ -466,3 +466,20 @@ def test_transparent_png_is_seen_on_white(client):
     img.save(buf, format="PNG")
     r = client.post("/v1/detect", files={"image": ("c.png", buf.getvalue())}).json()
     assert [d["class_name"] for d in r["detections"]][:1] == ["circle"]
+
+
+def test_odd_values_are_a_4xx_not_a_500(client):
+    r = client.post(
+        "/v1/detect",
+        params={"classes": "\u00b2"},
+        content=_jpeg(0)[0],
+        headers={"content-type": "image/jpeg"},
+    )
+    assert r.status_code == 422 and "unknown class" in r.text
+    body = b'{"predictions": [[[[0.5]]]], "labels": [[{"class_id": 1' + b"0" * 400 + b"""
+        , "box": [0.5, 0.5, 0.1, 0.1]}]], "grid": {"S": 1, "B": 1, "C": 1}}"""
+    r = client.post("/v1/loss", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    huge = b'{"predictions": [[[[1' + b"0" * 400 + b']]]], "labels": [[]]}'
+    r = client.post("/v1/loss", content=huge, headers={"content-type": "application/json"})
+    assert r.status_code == 422

@@ -362,3 +362,33 @@ def test_a_100_mb_upload_streams_with_bounded_memory(stack, tmp_path):
     assert r.json()["images"] == 4
     grew = _peak_rss_mb(stack["api"].proc.pid) - before
     assert grew < 40, f"peak RSS grew {grew:.0f} MB for a 100 MB upload"
+
+
+def test_bad_job_and_dataset_input_is_a_4xx_not_a_500(stack, tmp_path):
+    """Issue 13's reproductions, each through HTTP."""
+    c = stack["client"]
+    r = c.post("/v1/jobs", json={"dataset": {"format": "shapes"}},
+               headers={"Authorization": "Bearer s\xe9cret".encode("latin-1")})  # fmt: skip
+    assert r.status_code == 401
+    for path in ("a" * 5000, "x\x00y"):
+        r = c.post("/v1/jobs", json={"dataset": {"format": "yolo", "path": path}}, headers=AUTH)
+        assert r.status_code == 422 and "dataset.path" in r.text and len(r.text) < 1000
+    r = c.post(
+        "/v1/jobs",
+        content=b'{"dataset": {"format": "shapes"}, "learning_rate": NaN}',
+        headers={**AUTH, "content-type": "application/json"},
+    )
+    assert r.status_code == 422
+    # A job whose network could not be exported is refused at submit, not at the end.
+    for size in (32, 96):
+        r = c.post("/v1/jobs", json={"dataset": {"format": "shapes"}, "image_size": size},
+                   headers=AUTH)  # fmt: skip
+        assert r.status_code == 422 and "224" in r.text, r.text
+    # A zip whose data do not match their CRC, and one holding both x and x/y.
+    good = _zip(tmp_path, {"ds/a.txt": b"hello world " * 100})
+    crc = bytearray(good)
+    at = crc.find(b"hello")
+    crc[at] ^= 0xFF
+    for bad in (bytes(crc), _zip(tmp_path, {"x": b"1", "x/y": b"2"})):
+        r = c.post("/v1/datasets", files={"file": ("d.zip", bad)}, headers=AUTH)
+        assert r.status_code == 422, r.text

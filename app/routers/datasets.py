@@ -5,6 +5,7 @@ import shutil
 import stat
 import uuid
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
@@ -48,24 +49,29 @@ def safe_extract(
                     f"{info.filename!r} expands {info.file_size / info.compress_size:.0f}"
                     f" times; the limit is {max_ratio:g} (a zip bomb?)",
                 )
-        for info in infos:
-            target = dest / info.filename
-            if not target.resolve().is_relative_to(dest.resolve()):
-                raise HTTPException(422, f"unsafe path in the zip: {info.filename!r}")
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                # Count what really comes out, not what the header claims.
-                written = 0
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > info.file_size:
-                        raise HTTPException(
-                            422, f"{info.filename!r} is larger than its header says"
-                        )
-                    out.write(chunk)
+        try:
+            _write_entries(zf, infos, dest)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            raise HTTPException(422, f"the zip cannot be unpacked: {exc}") from exc
+
+
+def _write_entries(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], dest: Path) -> None:
+    """Write each entry, counting what really comes out, not what the header claims."""
+    for info in infos:
+        target = dest / info.filename
+        if not target.resolve().is_relative_to(dest.resolve()):
+            raise HTTPException(422, f"unsafe path in the zip: {info.filename!r}")
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, open(target, "wb") as out:
+            written = 0
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > info.file_size:
+                    raise HTTPException(422, f"{info.filename!r} is larger than its header says")
+                out.write(chunk)
 
 
 def _root_of(dest: Path) -> Path:

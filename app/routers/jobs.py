@@ -12,6 +12,7 @@ from app.state import AuthDep, JobsDep, StateDep
 from jobs.datasets import DatasetError, resolve_dataset
 from jobs.queue import enqueue
 from jobs.store import TERMINAL
+from model.config import ModelConfig
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -25,6 +26,12 @@ def _get(jobs, job_id: str) -> dict:
     if rec is None:
         raise HTTPException(404, f"job {job_id} does not exist")
     return rec
+
+
+def base_config(store, version: int) -> ModelConfig:
+    """The network a version was exported with (its sidecar), without loading it."""
+    meta = json.loads((store.path(version) / "model.json").read_text())
+    return ModelConfig.from_dict(meta["model_config"])
 
 
 @router.post(
@@ -41,6 +48,11 @@ def submit(req: JobRequest, state: StateDep, jobs: JobsDep, _auth: AuthDep) -> d
     store = state.manager.store
     if req.base_model is not None and (store is None or req.base_model not in store.versions()):
         raise HTTPException(422, f"base_model version {req.base_model} does not exist")
+    if req.image_size is not None:
+        base = req.base_model or state.holder.current.version
+        cfg = base_config(store, base) if store is not None else state.holder.current.cfg
+        if problem := cfg.input_size_problem(req.image_size):
+            raise HTTPException(422, f"image_size: {problem}")
     rec = jobs.create(req.model_dump())
     try:
         enqueue(state.settings.redis_url, rec["id"])
