@@ -11,19 +11,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from app.batching import BatchResult, MicroBatcher
 from app.errors import InputError
 from app.schemas import Timing
 from app.serving import ServedModel
 from model.infer import Detection
-from model.preprocess import SUPPORTED_FORMATS, decode_image
+from model.preprocess import SUPPORTED_FORMATS, decode_for_size
 
 
 @dataclass
 class Prepared:
-    image: Image.Image  # decoded, EXIF-oriented, RGB: what boxes are measured on
+    width: int  # the image as sent, EXIF-oriented: the frame boxes are reported in
+    height: int
     array: np.ndarray  # (size, size, 3) uint8 network input
     decode_ms: float
     preprocess_ms: float
@@ -31,18 +31,22 @@ class Prepared:
 
 @dataclass
 class Detected:
-    image: Image.Image
+    width: int
+    height: int
     result: BatchResult  # the grid and the model version that produced it
     detections: list[Detection]
     timing: Timing
 
 
 def prepare(data: bytes, model: ServedModel, max_pixels: int) -> Prepared:
+    """Decode only the pixels the network needs (``decode_for_size``), then resize."""
     t0 = time.perf_counter()
-    img = decode_image(data, max_pixels=max_pixels, formats=SUPPORTED_FORMATS)
+    img, (w, h) = decode_for_size(
+        data, model.cfg.input_size, max_pixels=max_pixels, formats=SUPPORTED_FORMATS
+    )
     t1 = time.perf_counter()
     arr = model.detector.preprocess(img)
-    return Prepared(img, arr, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
+    return Prepared(w, h, arr, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
 
 
 def class_filter(classes: list[str] | None, names: list[str]) -> list[int] | None:
@@ -89,8 +93,8 @@ async def detect_image(
     if result is None:
         result = await batcher.submit(prepared.array, model)
     t0 = time.perf_counter()
-    img = prepared.image
-    found = result.model.detector.postprocess(result.grid, img.width, img.height, **options)
+    w, h = prepared.width, prepared.height
+    found = result.model.detector.postprocess(result.grid, w, h, **options)
     timing = Timing(
         decode=prepared.decode_ms,
         preprocess=prepared.preprocess_ms,
@@ -98,4 +102,4 @@ async def detect_image(
         inference=result.inference_ms,
         postprocess=(time.perf_counter() - t0) * 1000,
     )
-    return Detected(img, result, found, timing)
+    return Detected(w, h, result, found, timing)

@@ -28,6 +28,49 @@ def decode_image(
     :class:`ImageTooLargeError` for images over ``max_pixels`` (checked from
     the header, before the pixels are decoded).
     """
+    return _finish(_open(data, max_pixels, formats))
+
+
+def decode_for_size(
+    data: bytes,
+    size: int,
+    *,
+    max_pixels: int | None = None,
+    formats: tuple[str, ...] | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Like :func:`decode_image`, but only as many pixels as a ``size`` x ``size``
+    network input needs: JPEG decodes at the smallest DCT scale (1/2, 1/4, 1/8) that
+    keeps both sides at least ``size``; other formats are shrunk by the largest whole
+    factor that does. Returns the RGB image and the original ``(width, height)`` after
+    EXIF orientation, the frame that boxes are reported in."""
+    img = _open(data, max_pixels, formats)
+    w, h = img.size
+    keep = REDUCE_GAP * size  # the final resize still averages over a few source pixels
+    if img.format == "JPEG":
+        img.draft(img.mode, (keep, keep))
+    if _transposed(img):
+        w, h = h, w
+    out = _finish(img)
+    factor = min(out.width // keep, out.height // keep)
+    if factor >= 2:
+        out = out.reduce(factor)
+    return out, (w, h)
+
+
+# Decode to at least this many times the network's input size: measured on held-out
+# scenes (bench_infer.py), 1 moves mAP by 0.008 against the full decode, 2 by less.
+REDUCE_GAP = 2
+
+
+def _transposed(img: Image.Image) -> bool:
+    """Does the EXIF orientation swap width and height (orientations 5 to 8)?"""
+    try:
+        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:
+        return False
+
+
+def _open(data: bytes, max_pixels: int | None, formats: tuple[str, ...] | None) -> Image.Image:
     if not data:
         raise ImageDecodeError("empty image")
     try:
@@ -36,6 +79,8 @@ def decode_image(
         raise ImageDecodeError(
             "the data is not a readable image (send JPEG, PNG, WebP or BMP)"
         ) from exc
+    if img.format == "MPO":  # what many phones write: a JPEG with more frames after it
+        img.format = "JPEG"
     if formats is not None and img.format not in formats:
         raise UnsupportedFormatError(
             f"unsupported image format {img.format}; send one of {', '.join(formats)}"
@@ -43,6 +88,11 @@ def decode_image(
     w, h = img.size
     if max_pixels is not None and w * h > max_pixels:
         raise ImageTooLargeError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels}")
+    return img
+
+
+def _finish(img: Image.Image) -> Image.Image:
+    """Load the pixels, apply the EXIF orientation, composite transparency on white."""
     try:
         with warnings.catch_warnings():
             # Past max_pixels we refuse above; PIL's own bomb warning is noise here.

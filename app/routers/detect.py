@@ -14,6 +14,7 @@ from app.detection import class_filter, detect_image
 from app.schemas import Box, Detection, DetectResult, ImageSize, ModelRef
 from app.state import AppState, ModelDep, StateDep
 from model.infer import draw_detections
+from model.preprocess import decode_image
 
 router = APIRouter(prefix="/v1", tags=["detect"])
 RESULTS = TypeAdapter(list[DetectResult])
@@ -148,17 +149,20 @@ async def detect(
         done = [await one(images[0])]
     else:
         done = await asyncio.gather(*(one(d) for d in images))
-    if format == "image":
+    if format == "image":  # drawn on the full image: decode it whole this once
+        img = await asyncio.get_running_loop().run_in_executor(
+            state.cpu_pool, lambda: decode_image(images[0], max_pixels=state.settings.max_pixels)
+        )
         buf = io.BytesIO()
-        draw_detections(done[0].image, done[0].detections).save(buf, format="PNG")
+        draw_detections(img, done[0].detections).save(buf, format="PNG")
         return Response(buf.getvalue(), media_type="image/png")
     results = []
     for d in done:
-        img, res, found, timing = d.image, d.result, d.detections, d.timing
+        res, found, timing = d.result, d.detections, d.timing
         results.append(
             DetectResult(
                 model=ModelRef(name=res.model.name, version=res.model.version),
-                image=ImageSize(width=img.width, height=img.height),
+                image=ImageSize(width=d.width, height=d.height),
                 detections=[
                     Detection(
                         class_id=d.class_id,
