@@ -8,6 +8,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from model.preprocess import ImageDecodeError, ImageTooLargeError, UnsupportedFormatError
 
@@ -43,6 +45,17 @@ def install(app: FastAPI) -> None:
         ]
         return JSONResponse({"detail": errors}, status_code=422)
 
+    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
+        # Jobs and data sets live in Redis: while it is away they are unavailable, not
+        # broken; detection and scoring go on.
+        return JSONResponse(
+            {"detail": "the job store (Redis) is not reachable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
     for exc_type, _ in STATUS:
         app.add_exception_handler(exc_type, handle)
     app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(RedisConnectionError, redis_down)
+    app.add_exception_handler(RedisTimeoutError, redis_down)

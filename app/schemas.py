@@ -256,3 +256,6 @@ class Ready(BaseModel):
     status: Literal["ready", "starting"]
     model: ModelRef | None = None
     provider: str | None = None
+    dependencies: dict[str, Literal["up", "down"]] = Field(
+        default_factory=dict, description="Redis, for jobs and data sets, where configured"
+    )

@@ -27,7 +27,24 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True))
+        # Short timeouts: a request that needs Redis while it is away answers 503 in
+        # seconds rather than hanging (redis-py's defaults wait on the OS).
+        return cls(
+            redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=2,
+                socket_timeout=5,
+                health_check_interval=10,
+                retry_on_timeout=True,
+            )
+        )
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.r.ping())
+        except redis.RedisError:
+            return False
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.p, *parts))

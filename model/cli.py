@@ -1,4 +1,4 @@
-"""``yolov1``: info, train, export, detect, val and make-shapes from the command line."""
+"""``yolov1``: info, train, export, detect, val, prune and make-shapes from the command line."""
 
 from __future__ import annotations
 
@@ -201,6 +201,16 @@ def cmd_val(args: argparse.Namespace) -> None:
     print(f"mAP@0.5 {r.map:.4f}  (VOC2007 11-point: {r11.map:.4f})")
 
 
+def cmd_prune(args: argparse.Namespace) -> None:
+    from model.registry import ModelStore
+
+    if args.keep < 1:
+        raise SystemExit("--keep must be at least 1")
+    store = ModelStore(args.store)
+    removed = store.prune(args.keep)
+    print(json.dumps({"removed": removed, "kept": store.versions()}))
+
+
 def cmd_make_shapes(args: argparse.Namespace) -> None:
     from model.shapes import write_yolo_dataset
 
@@ -259,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["yolo", "voc", "coco"], default="yolo")
     s.add_argument("--images", type=int, default=500, help="shapes only")
     s.set_defaults(func=cmd_val)
+
+    s = sub.add_parser("prune", help="remove old model versions from a model store")
+    s.add_argument("store", help="the store folder (YOLOV1_MODEL_STORE)")
+    s.add_argument("--keep", type=int, default=5, help="newest versions to keep (>= 1)")
+    s.set_defaults(func=cmd_prune)
 
     s = sub.add_parser("make-shapes", help="write a shapes data set in YOLO format")
     s.add_argument("out")

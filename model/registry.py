@@ -118,6 +118,26 @@ class ModelStore:
         tmp.write_text(f"{version}\n")
         os.replace(tmp, self.root / "active")
 
+    def prune(self, keep: int) -> list[int]:
+        """Remove all but the newest ``keep`` versions, the active one and its parent;
+        return the versions removed. Replicas serving a removed version keep it in
+        memory; the store only forgets it."""
+        versions = self.versions()
+        active = self.active_version()
+        kept = set(versions[-keep:]) if keep > 0 else set()
+        if active is not None:
+            kept.add(active)
+            parent = self.meta(active).get("parent")
+            if isinstance(parent, int):
+                kept.add(parent)
+        removed = [v for v in versions if v not in kept]
+        for v in removed:
+            # Rename first, so a reader never meets half a version.
+            tmp = self.versions_dir / f".gone-{v}-{uuid.uuid4().hex}"
+            self.path(v).rename(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+        return removed
+
     def ensure_default(self, default_onnx: Path) -> int:
         """Register the shipped default model as version 1 when the store is empty."""
         if not self.versions():

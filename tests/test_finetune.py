@@ -88,3 +88,15 @@ def test_run_finetune_registers_a_version_with_a_rebuilt_head(tmp_path):
     side = json.loads((store.path(2) / "model.json").read_text())
     assert side["model_config"]["class_names"] == ["circle", "square", "hexagon", "blob", "ring"]
     assert any("epoch_metrics" in p for p in seen)
+
+
+def test_prune_keeps_the_newest_the_active_and_its_parent(tmp_path):
+    store = ModelStore(tmp_path)
+    store.ensure_default(DEFAULT_MODEL)
+    files = {"model.onnx": DEFAULT_MODEL, "model.json": DEFAULT_MODEL.with_suffix(".json")}
+    for parent in (1, 2, 3, 4, 5):
+        store.register(files, {"name": f"v{parent + 1}", "parent": parent})
+    store.set_active(3)  # whose parent is 2
+    assert store.prune(2) == [1, 4]
+    assert store.versions() == [2, 3, 5, 6] and store.active_version() == 3
+    assert store.register(files, {"name": "next"}) == 7

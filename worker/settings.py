@@ -27,6 +27,9 @@ class WorkerSettings(BaseSettings):
     heartbeat_s: float = Field(5.0, gt=0)
     stale_after_s: int = Field(60, ge=10)
     torch_threads: int = Field(0, ge=0)  # 0: torch's default
+    # After each job: keep the newest N versions (plus the active one and its parent);
+    # 0 keeps every version. Run folders of jobs that succeeded or were cancelled go.
+    keep_versions: int = Field(0, ge=0)
 
     @property
     def runs_root(self) -> Path:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,12 +23,21 @@ def healthz() -> dict[str, str]:
     responses={503: {"model": Ready}},
     summary="The model is loaded and warmed up",
 )
-def readyz(state: StateDep) -> Response | Ready:
+async def readyz(state: StateDep) -> Response | Ready:
+    """Ready means detection and scoring work. Jobs also need Redis: ``dependencies``
+    says whether it answers (while it does not, the job routes say 503)."""
+    deps = {}
+    if state.jobs is not None:
+        deps["redis"] = "up" if await asyncio.to_thread(state.jobs.ping) else "down"
     if not state.holder.ready:
-        return JSONResponse(Ready(status="starting").model_dump(), status_code=503)
+        body = Ready(status="starting", dependencies=deps)
+        return JSONResponse(body.model_dump(), status_code=503)
     m = state.holder.current
     return Ready(
-        status="ready", model=ModelRef(name=m.name, version=m.version), provider=m.detector.provider
+        status="ready",
+        model=ModelRef(name=m.name, version=m.version),
+        provider=m.detector.provider,
+        dependencies=deps,
     )
 
 

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query
 
 from app.schemas import ModelInfo, ModelsResponse
 from app.state import AuthDep, ModelDep, StateDep
@@ -72,3 +73,18 @@ async def activate(version: int, state: StateDep, _auth: AuthDep, _model: ModelD
             422, f"model version {version} was refused, the old one keeps serving: {exc}"
         ) from exc
     return ModelInfo(**served.describe())
+
+
+@router.post(
+    "/prune",
+    summary="Remove old versions: all but the newest `keep`, the active one and its parent",
+    responses={401: {"description": "API key needed"}, 409: {"description": "no model store"}},
+)
+async def prune(
+    state: StateDep, _auth: AuthDep, keep: Annotated[int, Query(ge=1, le=10_000)] = 5
+) -> dict[str, list[int]]:
+    store = state.manager.store
+    if store is None:
+        raise HTTPException(409, "no model store is configured (YOLOV1_MODEL_STORE)")
+    removed = await asyncio.to_thread(store.prune, keep)
+    return {"removed": removed, "kept": store.versions()}
