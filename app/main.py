@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app import errors
 from app.batching import MicroBatcher
+from app.limits import BodyLimitMiddleware
 from app.observability import Metrics, MetricsMiddleware
 from app.routers import datasets, detect, health, jobs, loss, models
 from app.schemas import LossRequest
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.cpu_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="cpu")
+        state.score_pool = ThreadPoolExecutor(1, thread_name_prefix="score")
         state.batcher = MicroBatcher(
             max_batch=settings.batch_max,
             wait_ms=settings.batch_wait_ms,
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loading.cancel()
         await state.batcher.stop()
         state.cpu_pool.shutdown(wait=False, cancel_futures=True)
+        state.score_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="yolov1-service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
@@ -106,6 +109,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi
 
+    def body_limit(path: str) -> int:
+        if path.startswith("/v1/datasets"):
+            return settings.max_dataset_upload_bytes
+        if path.startswith(("/v1/detect", "/v1/loss")):
+            return settings.max_upload_bytes
+        return settings.max_json_bytes  # jobs, models: small JSON documents
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     errors.install(app)
 

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     intra_op_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     max_upload_mb: float = Field(20.0, gt=0)
+    max_json_bytes: int = Field(1_000_000, ge=1024)  # job requests and other small bodies
     max_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(16, ge=1)
     batch_max: int = Field(8, ge=1, le=256)

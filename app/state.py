@@ -22,7 +22,9 @@ class AppState:
     metrics: Metrics
     holder: ModelHolder = field(default_factory=ModelHolder)
     batcher: MicroBatcher | None = None
-    cpu_pool: ThreadPoolExecutor | None = None  # decode, preprocess, loss scoring
+    cpu_pool: ThreadPoolExecutor | None = None  # decode, preprocess
+    # Scoring has a thread of its own: a heavy request waits for it, detection does not.
+    score_pool: ThreadPoolExecutor | None = None
     manager: ModelManager | None = None
     jobs: JobStore | None = None  # Redis-backed job and data set records
 

@@ -104,6 +104,7 @@ def decode_predictions(
     max_detections: int = 100,
     classes: list[int] | None = None,
     every_class: bool = False,
+    pre_nms_top_k: int = 3000,
 ) -> dict[str, np.ndarray]:
     """Turn one image's raw prediction grid into final detections.
 
@@ -114,7 +115,9 @@ def decode_predictions(
     best class only (what the detect endpoint shows, one label per box), or with
     ``every_class`` for every class that reaches the threshold (darknet's
     ``validate_yolo`` and what evaluation uses). Boxes with a non-finite value are
-    dropped; those scoring at least ``conf_threshold`` go through class-wise NMS.
+    dropped; of those scoring at least ``conf_threshold`` the best ``pre_nms_top_k``
+    go through class-wise NMS (which costs the square of its input: a grid of
+    S=64, B=16 would otherwise send 65,536 boxes through it).
     Returns ``boxes`` ``(K, 4)`` xyxy in fractions of the image (clipped to
     [0, 1]), ``scores`` ``(K,)`` and ``class_ids`` ``(K,)``, by decreasing score.
     """
@@ -141,6 +144,9 @@ def decode_predictions(
         b_idx = np.flatnonzero(score >= conf_threshold)
         cid = np.broadcast_to(cls.argmax(-1)[..., None], (S, S, B)).reshape(-1)[b_idx]
         score = score[b_idx]
+    if len(score) > pre_nms_top_k:
+        top = np.argsort(-score, kind="stable")[:pre_nms_top_k]
+        b_idx, cid, score = b_idx[top], cid[top], score[top]
     xyxy = np.clip(xyxy.reshape(-1, 4)[b_idx], 0.0, 1.0)
     keep = batched_nms(xyxy, score, cid, iou_threshold)[:max_detections]
     return {

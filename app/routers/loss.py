@@ -121,7 +121,7 @@ async def loss(request: Request, state: StateDep, model: ModelDep) -> LossRespon
     preds, labels, opts = await _parse(request, state.settings.max_upload_bytes)
     grid = opts.grid or Grid(S=model.cfg.S, B=model.cfg.B, C=model.cfg.C)
     return await asyncio.get_running_loop().run_in_executor(
-        state.cpu_pool,
+        state.score_pool,
         score,
         preds,
         labels,

@@ -1,0 +1,87 @@
+"""Request bodies bounded while they stream in, chunked or not, before any parsing or
+authentication reads them: a plain ASGI middleware (no buffering of its own)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from starlette.exceptions import HTTPException
+
+
+def _message(limit: int) -> str:
+    return (
+        f"the request body exceeds {limit} bytes (YOLOV1_MAX_UPLOAD_MB for images and "
+        "scoring, YOLOV1_MAX_DATASET_UPLOAD_MB for data sets, YOLOV1_MAX_JSON_BYTES else)"
+    )
+
+
+class BodyTooLarge(HTTPException):
+    """An HTTPException, so that whoever is reading the body (FastAPI's own parsing
+    included, which turns other errors into 400) lets it through as a 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _message(limit))
+
+
+class BodyLimitMiddleware:
+    """Answers 413 as soon as a body passes ``limit_for(path)`` bytes."""
+
+    def __init__(self, app: Any, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            await self._refuse(send, limit)
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(send, limit)
+
+    @staticmethod
+    async def _refuse(send: Any, limit: int) -> None:
+        body = json.dumps(
+            {
+                "detail": f"the request body exceeds {limit} bytes (YOLOV1_MAX_UPLOAD_MB; "
+                "data-set uploads: YOLOV1_MAX_DATASET_UPLOAD_MB)"
+            }  # fmt: skip
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
