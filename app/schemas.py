@@ -65,9 +65,7 @@ class Label(BaseModel):
     )
 
     class_id: int = Field(ge=0, le=2**31, description="in [0, C)")
-    box: list[float] = Field(
-        min_length=4, max_length=4, description="cx, cy, w, h (fractions)"
-    )
+    box: list[float] = Field(min_length=4, max_length=4, description="cx, cy, w, h (fractions)")
 
 
 class LossOptions(BaseModel):

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     data_root: Path = ROOT / "data"
     # Bearer keys for the mutating endpoints (jobs, data sets, activation); empty: open.
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Reads of jobs and models need a key as well (detection and scoring stay open).
+    protect_reads: bool = False
     # A data-set zip as uploaded (streamed to disk, never held in memory whole), and
     # what it may expand to.
     max_dataset_upload_mb: float = Field(2048.0, gt=0)

@@ -71,5 +71,12 @@ async def require_key(request: Request) -> None:
         )
 
 
+async def require_key_to_read(request: Request) -> None:
+    """Reads (jobs, models) need the key too when ``YOLOV1_PROTECT_READS`` is set."""
+    if request.app.state.service.settings.protect_reads:
+        await require_key(request)
+
+
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
 AuthDep = Annotated[None, Depends(require_key)]
+ReadAuthDep = Annotated[None, Depends(require_key_to_read)]

@@ -519,3 +519,21 @@ def test_a_huge_grid_with_metrics_costs_bounded_time(client):
     )
     assert r.status_code == 200, r.text
     assert time.perf_counter() - t0 < 10
+
+
+def test_reads_can_require_the_key_too():
+    s = Server(
+        {
+            "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
+            "YOLOV1_API_KEYS": "k1",
+            "YOLOV1_PROTECT_READS": "true",
+        }
+    )
+    try:
+        s.wait_ready()
+        assert httpx.get(f"{s.url}/v1/models").status_code == 401
+        ok = httpx.get(f"{s.url}/v1/models", headers={"Authorization": "Bearer k1"})
+        assert ok.status_code == 200
+        assert httpx.get(f"{s.url}/readyz").status_code == 200  # probes stay open
+    finally:
+        s.stop()

@@ -153,6 +153,13 @@ class ProgressWriter:
         )
 
 
+def private_paths_out(text: str, settings: WorkerSettings) -> str:
+    """A message for the job record, with the server's own folders named, not shown."""
+    for folder, name in ((settings.data_root, "<data root>"), (settings.model_store, "<store>")):
+        text = text.replace(str(folder.resolve()), name).replace(str(folder), name)
+    return text
+
+
 def job_spec(request: dict[str, Any], settings: WorkerSettings, jobs: JobStore, store) -> JobSpec:
     where = resolve_dataset(request["dataset"], jobs, settings.data_root)
     base = request.get("base_model") or store.active_version() or 1
@@ -198,7 +205,7 @@ def _train(
         )
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        return fail("failed", f"{type(exc).__name__}: {exc}")
+        return fail("failed", private_paths_out(f"{type(exc).__name__}: {exc}", settings))
     result = asdict(outcome)
     # The registry holds copies of what it needs; the run folder (checkpoints every
     # epoch) only mattered while the job could still resume.

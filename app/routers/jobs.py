@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from app.schemas import Job, JobList, JobRequest
-from app.state import AuthDep, JobsDep, StateDep
+from app.state import AuthDep, JobsDep, ReadAuthDep, StateDep
 from jobs.datasets import DatasetError, resolve_dataset
 from jobs.queue import enqueue
 from jobs.store import TERMINAL
@@ -65,6 +65,7 @@ def submit(req: JobRequest, state: StateDep, jobs: JobsDep, _auth: AuthDep) -> d
 @router.get("", response_model=JobList, summary="Jobs, newest first")
 def list_jobs(
     jobs: JobsDep,
+    _auth: ReadAuthDep,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobList:
@@ -73,7 +74,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=Job, summary="A job's status, progress and metrics")
-def get_job(job_id: str, jobs: JobsDep) -> Job:
+def get_job(job_id: str, jobs: JobsDep, _auth: ReadAuthDep) -> Job:
     return _job(_get(jobs, job_id))
 
 
@@ -98,7 +99,9 @@ def cancel(job_id: str, jobs: JobsDep, _auth: AuthDep) -> Job:
     summary="Server-sent events: the job record on every change",
     response_class=StreamingResponse,
 )
-async def events(job_id: str, jobs: JobsDep, request: Request) -> StreamingResponse:
+async def events(
+    job_id: str, jobs: JobsDep, request: Request, _auth: ReadAuthDep
+) -> StreamingResponse:
     _get(jobs, job_id)
 
     async def stream():
@@ -124,7 +127,7 @@ async def events(job_id: str, jobs: JobsDep, request: Request) -> StreamingRespo
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
-async def curves(job_id: str, jobs: JobsDep) -> Response:
+async def curves(job_id: str, jobs: JobsDep, _auth: ReadAuthDep) -> Response:
     from model.plots import plot_curves
 
     rec = _get(jobs, job_id)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 
 from app.schemas import ModelInfo, ModelsResponse
-from app.state import AuthDep, ModelDep, StateDep
+from app.state import AuthDep, ModelDep, ReadAuthDep, StateDep
 from model.registry import RegistryError
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -40,7 +40,7 @@ def _versions(state) -> list[dict[str, Any]]:
 
 
 @router.get("", response_model=ModelsResponse, summary="The served model and every version")
-def list_models(model: ModelDep, state: StateDep) -> ModelsResponse:
+def list_models(model: ModelDep, state: StateDep, _auth: ReadAuthDep) -> ModelsResponse:
     return ModelsResponse(
         active=ModelInfo(**model.describe()),
         provider=model.detector.provider,
