@@ -5,12 +5,14 @@ decode errors for bad images (``app.errors`` maps them to 4xx)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from app.batching import BatchResult, MicroBatcher
 from app.errors import InputError
@@ -47,6 +49,24 @@ def prepare(data: bytes, model: ServedModel, max_pixels: int) -> Prepared:
     t1 = time.perf_counter()
     arr = model.detector.preprocess(img)
     return Prepared(w, h, arr, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
+
+
+def check_request_pixels(images: list[bytes], limit: int) -> None:
+    """Refuse a request whose images hold more than ``limit`` pixels in all, read from
+    their headers before any is decoded (each image is also held to ``max_pixels``)."""
+    total = 0
+    for data in images:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                total += im.width * im.height
+        except Exception:
+            continue  # not an image: its own decode says so, with the reason
+    if total > limit:
+        raise InputError(
+            413,
+            f"the request's images hold {total} pixels in all; the limit is {limit} "
+            "(YOLOV1_MAX_REQUEST_PIXELS): send fewer or smaller images per request",
+        )
 
 
 def class_filter(classes: list[str] | None, names: list[str]) -> list[int] | None:

@@ -3,6 +3,7 @@ authentication reads them: a plain ASGI middleware (no buffering of its own)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -25,12 +26,19 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, _message(limit))
 
 
-class BodyLimitMiddleware:
-    """Answers 413 as soon as a body passes ``limit_for(path)`` bytes."""
+class BodyTimeout(HTTPException):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"no part of the request body came for {seconds:g} s")
 
-    def __init__(self, app: Any, limit_for: Callable[[str], int]) -> None:
+
+class BodyLimitMiddleware:
+    """Answers 413 as soon as a body passes ``limit_for(path)`` bytes, and 408 when the
+    client stops sending it for ``timeout_s``."""
+
+    def __init__(self, app: Any, limit_for: Callable[[str], int], timeout_s: float) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -47,7 +55,10 @@ class BodyLimitMiddleware:
 
         async def limited_receive() -> dict:
             nonlocal seen
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except TimeoutError:
+                raise BodyTimeout(self.timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
@@ -64,6 +75,9 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if not started:
                 await self._refuse(send, limit)
+        except BodyTimeout as exc:
+            if not started:
+                await self._refuse(send, limit, status=408, detail=exc.detail)
 
     @staticmethod
     async def _refuse(send: Any, limit: int) -> None:

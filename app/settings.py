@@ -27,7 +27,11 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     max_upload_mb: float = Field(20.0, gt=0)
     max_json_bytes: int = Field(1_000_000, ge=1024)  # job requests and other small bodies
-    max_pixels: int = Field(40_000_000, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)  # one image
+    max_request_pixels: int = Field(100_000_000, ge=1)  # all the images of one request
+    # A client that stops sending its body for this long gets 408 and the connection
+    # closes (slow uploads that keep sending are bounded by the size limits).
+    body_timeout_s: float = Field(30.0, gt=0)
     max_images_per_request: int = Field(16, ge=1)
     batch_max: int = Field(8, ge=1, le=256)
     batch_wait_ms: float = Field(3.0, ge=0, le=1000)

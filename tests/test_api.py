@@ -28,6 +28,8 @@ def server():
         {
             "YOLOV1_MAX_UPLOAD_MB": str(LIMIT_MB),
             "YOLOV1_MAX_PIXELS": str(MAX_PIXELS),
+            "YOLOV1_MAX_REQUEST_PIXELS": str(3 * MAX_PIXELS),
+            "YOLOV1_BODY_TIMEOUT_S": "1",
             "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
         }
     )
@@ -537,3 +539,34 @@ def test_reads_can_require_the_key_too():
         assert httpx.get(f"{s.url}/readyz").status_code == 200  # probes stay open
     finally:
         s.stop()
+
+
+def test_pixels_are_bounded_per_request_not_only_per_image(client):
+    buf = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(buf, format="PNG")  # 4 Mpx: under the image limit
+    files = [("image", (f"{i}.png", buf.getvalue(), "image/png")) for i in range(4)]
+    r = client.post("/v1/detect", files=files)
+    assert r.status_code == 413 and "YOLOV1_MAX_REQUEST_PIXELS" in r.text
+    assert client.post("/v1/detect", files=files[:3]).status_code == 200
+
+
+def test_a_stalled_upload_is_closed(server):
+    """Headers promise 1000 bytes, 10 come, then nothing: 408 after the body timeout
+    (1 s here), for every such connection."""
+    import socket
+
+    socks = []
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(
+            b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 1000\r\n\r\n0123456789"
+        )
+        socks.append(s)
+    t0 = time.perf_counter()
+    for s in socks:
+        s.settimeout(10)
+        head = s.recv(4096)
+        assert head.startswith(b"HTTP/1.1 408"), head[:100]
+        s.close()
+    assert time.perf_counter() - t0 < 5

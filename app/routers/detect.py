@@ -10,7 +10,7 @@ from pydantic import TypeAdapter
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from app.detection import class_filter, detect_image
+from app.detection import check_request_pixels, class_filter, detect_image
 from app.schemas import Box, Detection, DetectResult, ImageSize, ModelRef
 from app.state import AppState, ModelDep, StateDep
 from model.infer import draw_detections
@@ -128,6 +128,8 @@ async def detect(
         )
     if format == "image" and len(images) != 1:
         raise HTTPException(422, "format=image takes exactly one image")
+    if len(images) > 1:
+        check_request_pixels(images, state.settings.max_request_pixels)
     opts = dict(
         conf_threshold=conf_threshold,
         iou_threshold=iou_threshold,
