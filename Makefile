@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= train,api,worker,cpu,dev
 
-.PHONY: install test run run-api bench model lint clean
+.PHONY: install test run run-api bench soak model lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: $(STAMP)
 	cd bench && ../$(BIN)/python bench_train.py
 	cd bench && ../$(BIN)/python bench_worker.py
 	cd bench && ../$(BIN)/python bench_finetune.py
+
+# Mixed traffic and abuse against the API and a worker for SOAK_SECONDS (not a test).
+soak: $(STAMP)
+	$(BIN)/python scripts/soak.py
 
 # The shipped default model, from scratch (deterministic; about 45 minutes on 2 cores).
 model: $(STAMP)
