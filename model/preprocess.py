@@ -16,6 +16,7 @@ class ImageDecodeError(ValueError):
 
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 
 
 def decode_image(
@@ -73,6 +74,11 @@ def _transposed(img: Image.Image) -> bool:
 def _open(data: bytes, max_pixels: int | None, formats: tuple[str, ...] | None) -> Image.Image:
     if not data:
         raise ImageDecodeError("empty image")
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+        raise UnsupportedFormatError(
+            "HEIC/HEIF images (what iPhones write by default) are not supported; "
+            "send JPEG, PNG, WebP or BMP (most phones can share a photo as JPEG)"
+        )
     try:
         img = Image.open(io.BytesIO(data), formats=None)
     except Exception as exc:  # PIL raises several types for bad data

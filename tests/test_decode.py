@@ -82,3 +82,11 @@ def test_camera_mpo_decodes_its_first_frame():
         decode_for_size(buf.getvalue(), 224, formats=("JPEG",))[0],
     ):
         assert np.asarray(img)[..., 0].mean() > 150
+
+
+def test_heic_is_refused_by_name():
+    from model.preprocess import UnsupportedFormatError
+
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+    with pytest.raises(UnsupportedFormatError, match="HEIC"):
+        decode_for_size(heic, 224)
