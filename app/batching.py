@@ -26,6 +26,7 @@ class BatchResult:
 
 
 P = TypeVar("P")
+T = TypeVar("T")
 
 
 @dataclass
@@ -50,7 +51,7 @@ class MicroBatcher:
         *,
         max_batch: int,
         wait_ms: float,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[Any, float, list[float]], None] | None = None,
     ) -> None:
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000
@@ -94,8 +95,17 @@ class MicroBatcher:
         finally:
             self._busy -= 1
         if self.on_batch is not None:
-            self.on_batch(1, seconds)
+            self.on_batch(model, seconds, [0.0])
         return Ran(prepared, BatchResult(grid, model, seconds * 1000, 0.0, 1))
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (an ONNX Runtime call of its own, e.g. a tensor sent whole) on the
+        inference thread, in turn with the batches."""
+        self._busy += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        finally:
+            self._busy -= 1
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop())
@@ -158,7 +168,7 @@ class MicroBatcher:
             self._busy -= 1
         seconds = time.perf_counter() - t0
         if self.on_batch is not None:
-            self.on_batch(len(items), seconds)
+            self.on_batch(model, seconds, [t0 - queued_at for *_, queued_at in items])
         for (_, _, fut, queued_at), grid in zip(items, grids, strict=True):
             if not fut.done():
                 queue_ms = (t0 - queued_at) * 1000

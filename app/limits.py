@@ -35,7 +35,9 @@ class BodyLimitMiddleware:
     """Answers 413 as soon as a body passes ``limit_for(path)`` bytes, and 408 when the
     client stops sending it for ``timeout_s``."""
 
-    def __init__(self, app: Any, limit_for: Callable[[str], int], timeout_s: float) -> None:
+    def __init__(
+        self, app: Any, limit_for: Callable[[str], tuple[int, str]], timeout_s: float
+    ) -> None:
         self.app = app
         self.limit_for = limit_for
         self.timeout_s = timeout_s
@@ -44,11 +46,13 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["path"])
+        path = scope["path"]
+        limit, setting = self.limit_for(path)
+        too_large = f"the request body exceeds {limit} bytes ({setting})"
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
-            await self._refuse(send, limit)
+            await self._refuse(send, path, 413, too_large)
             return
         seen = 0
         started = False
@@ -74,23 +78,20 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(send, limit)
+                await self._refuse(send, path, 413, too_large)
         except BodyTimeout as exc:
             if not started:
-                await self._refuse(send, limit, status=408, detail=exc.detail)
+                await self._refuse(send, path, 408, exc.detail)
 
     @staticmethod
-    async def _refuse(send: Any, limit: int) -> None:
-        body = json.dumps(
-            {
-                "detail": f"the request body exceeds {limit} bytes (YOLOV1_MAX_UPLOAD_MB; "
-                "data-set uploads: YOLOV1_MAX_DATASET_UPLOAD_MB)"
-            }  # fmt: skip
-        ).encode()
+    async def _refuse(send: Any, path: str, status: int, message: str) -> None:
+        # KServe v2 clients read {"error": ...}; everything else FastAPI's {"detail": ...}.
+        key = "error" if path.startswith("/v2/") else "detail"
+        body = json.dumps({key: message}).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

@@ -16,8 +16,9 @@ from app import errors
 from app.batching import MicroBatcher
 from app.limits import BodyLimitMiddleware
 from app.observability import Metrics, MetricsMiddleware
-from app.routers import datasets, detect, health, jobs, loss, models
-from app.schemas import LossRequest
+from app.routers import datasets, detect, health, jobs, kserve, labelstudio, loss, models
+from app.routers.detect import json_body_limit
+from app.schemas import DetectRequest, LossRequest
 from app.serving import ModelManager
 from app.settings import Settings
 from app.state import AppState
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from jobs.store import JobStore
 
         state.jobs = JobStore.from_url(settings.redis_url)
+        state.metrics.watch_jobs(state.jobs)
 
     async def load_model() -> None:
         """Build and warm the session off the event loop; /healthz answers meanwhile
@@ -90,6 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health.router,
         jobs.router,
         datasets.router,
+        kserve.router,
+        labelstudio.router,
     ):
         app.include_router(r)
 
@@ -101,20 +105,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-            body = LossRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            schemas.update(body.pop("$defs", {}))
-            schemas["LossRequest"] = body
+            for model in (LossRequest, DetectRequest):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(body.pop("$defs", {}))
+                schemas[model.__name__] = body
             app.openapi_schema = spec
         return app.openapi_schema
 
     app.openapi = openapi
 
-    def body_limit(path: str) -> int:
+    def body_limit(path: str) -> tuple[int, str]:
         if path.startswith("/v1/datasets"):
-            return settings.max_dataset_upload_bytes
-        if path.startswith(("/v1/detect", "/v1/loss")):
-            return settings.max_upload_bytes
-        return settings.max_json_bytes  # jobs, models: small JSON documents
+            return settings.max_dataset_upload_bytes, "YOLOV1_MAX_DATASET_UPLOAD_MB"
+        if path.startswith("/v2/"):
+            return settings.max_infer_bytes, "YOLOV1_MAX_INFER_MB"
+        if path.startswith(("/v1/detect", "/labelstudio/")):
+            # base64 in JSON: 4/3 of the image, plus the JSON around it
+            return json_body_limit(settings), "YOLOV1_MAX_UPLOAD_MB"
+        if path.startswith("/v1/loss"):
+            return settings.max_upload_bytes, "YOLOV1_MAX_UPLOAD_MB"
+        return settings.max_json_bytes, "YOLOV1_MAX_JSON_BYTES"  # jobs, models: small JSON
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)

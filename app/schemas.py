@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model.config import FINETUNE
 
@@ -51,6 +51,49 @@ class DetectResult(BaseModel):
     raw: list[list[list[float]]] | None = Field(
         None, description="the raw (S, S, 5B+C) grid (include_raw=true); send it to /v1/loss"
     )
+
+
+class ImageInput(BaseModel):
+    """One image of a JSON detect request: ``base64`` (or a ``data:`` URL in it), or
+    ``url`` where the server allows URLs (YOLOV1_IMAGE_URL_HOSTS)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base64: str | None = Field(None, description="the encoded image file, base64")
+    url: str | None = Field(None, description="http(s) URL, or a data: URL")
+    id: int | None = Field(
+        None, ge=0, le=2**53, description="image_id in format=coco output (default: index)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageInput:
+        if (self.base64 is None) == (self.url is None):
+            raise ValueError("give exactly one of 'base64' and 'url'")
+        return self
+
+
+class DetectRequest(BaseModel):
+    """``POST /v1/detect`` with ``Content-Type: application/json``. Options given here
+    take the place of the query's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[ImageInput] = Field(min_length=1)
+    conf_threshold: float | None = Field(None, ge=0, le=1)
+    iou_threshold: float | None = Field(None, ge=0, le=1)
+    max_detections: int | None = Field(None, ge=1, le=1000)
+    classes: list[str] | None = None
+    include_raw: bool | None = None
+    format: Literal["json", "coco"] | None = None
+
+
+class CocoDetection(BaseModel):
+    """One entry of a COCO results file (``format=coco``)."""
+
+    image_id: int
+    category_id: int = Field(description="the model's class id (GET /v1/models: class_names)")
+    bbox: list[float] = Field(description="[x, y, width, height] in the image's pixels")
+    score: float
 
 
 class Grid(BaseModel):
@@ -215,6 +258,7 @@ class JobProgress(BaseModel):
     step: int | None = None
     steps: int | None = None
     eta_s: float | None = None
+    images_per_s: float | None = Field(None, description="training throughput, recent")
 
 
 class Job(BaseModel):
@@ -228,6 +272,7 @@ class Job(BaseModel):
     info: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     attempts: int = 0
+    rev: int = Field(1, description="grows with every change; the events stream's event id")
     created_at: float
     updated_at: float
     started_at: float | None = None

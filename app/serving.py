@@ -127,6 +127,10 @@ class ModelManager:
         self.last_error: str | None = None
         self._failed: set[int] = set()
         self._lock = asyncio.Lock()
+        # Versions other than the active one, loaded for requests that name them
+        # (KServe's versioned infer); the two most recent are kept.
+        self._others: dict[int, ServedModel] = {}
+        self._others_lock = asyncio.Lock()
 
     def _load(self, version: int) -> ServedModel:
         s = self.settings
@@ -144,6 +148,25 @@ class ModelManager:
             # every batch size the batcher can form, so no request meets a cold shape
             warmup_batch_sizes=[*s.warmup_batch_sizes, *range(1, s.batch_max + 1)],
         )
+
+    def versions(self) -> list[int]:
+        return self.store.versions() if self.store is not None else [self.holder.current.version]
+
+    async def model_for(self, version: int | None) -> ServedModel:
+        """The active model, or a registered ``version`` (loaded on first use).
+        Raises ``KeyError`` for a version the store does not have."""
+        current = self.holder.current
+        if version is None or version == current.version:
+            return current
+        if self.store is None or version not in self.store.versions():
+            raise KeyError(version)
+        async with self._others_lock:
+            if version not in self._others:
+                served = await asyncio.to_thread(self._load, version)
+                self._others[version] = served
+                while len(self._others) > 2:
+                    self._others.pop(next(iter(self._others)))
+            return self._others[version]
 
     def initial_version(self) -> int:
         if self.store is None:

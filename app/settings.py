@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     intra_op_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     max_upload_mb: float = Field(20.0, gt=0)
+    # KServe v2 infer bodies: tensors as JSON numbers run to ~12 bytes a value.
+    max_infer_mb: float = Field(128.0, gt=0)
     max_json_bytes: int = Field(1_000_000, ge=1024)  # job requests and other small bodies
     max_pixels: int = Field(40_000_000, ge=1)  # one image
     max_request_pixels: int = Field(100_000_000, ge=1)  # all the images of one request
@@ -58,8 +60,24 @@ class Settings(BaseSettings):
     max_dataset_mb: float = Field(4096.0, gt=0)
     max_dataset_entries: int = Field(20_000, ge=1)
     max_compression_ratio: float = Field(200.0, gt=1)
+    # The job events stream sends a comment after this long without a change, so
+    # proxies that cut idle connections (often at 30-60 s) keep it open.
+    sse_keepalive_s: float = Field(15.0, gt=0, le=300)
 
-    @field_validator("providers", "api_keys", mode="before")
+    # Image URLs in JSON detect requests and Label Studio tasks: off unless hosts are
+    # listed. The server fetching what a request names is server-side request forgery
+    # waiting to happen (cloud metadata at 169.254.169.254, admin ports on localhost),
+    # so only these hosts (exact names, or ".example.com" for its subdomains), within
+    # a size and time limit, and redirects only to the same host.
+    image_url_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    image_url_timeout_s: float = Field(5.0, gt=0, le=120)
+    image_url_max_redirects: int = Field(3, ge=0, le=10)
+    # Label Studio, for the ML backend under /labelstudio: tasks name uploaded files by
+    # a path on it (/data/upload/...), fetched with this API token.
+    labelstudio_url: str | None = None
+    labelstudio_api_key: str | None = None
+
+    @field_validator("providers", "api_keys", "image_url_hosts", mode="before")
     @classmethod
     def _split_list(cls, v: object) -> object:
         if isinstance(v, str):
@@ -83,6 +101,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_infer_bytes(self) -> int:
+        return int(self.max_infer_mb * 1024 * 1024)
 
     @property
     def max_dataset_upload_bytes(self) -> int:

@@ -61,6 +61,7 @@ class JobStore:
             "request": request,
             "progress": {},
             "attempts": 0,
+            "rev": 1,
         }
         pipe = self.r.pipeline()
         pipe.hset(self._k("job", job_id), mapping=self._encode(rec))
@@ -85,7 +86,10 @@ class JobStore:
 
     def update(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = time.time()
-        self.r.hset(self._k("job", job_id), mapping=self._encode(fields))
+        pipe = self.r.pipeline()  # MULTI: the new fields and their revision land together
+        pipe.hset(self._k("job", job_id), mapping=self._encode(fields))
+        pipe.hincrby(self._k("job", job_id), "rev", 1)
+        pipe.execute()
 
     def incr_attempts(self, job_id: str) -> int:
         return int(self.r.hincrby(self._k("job", job_id), "attempts", 1))
@@ -95,7 +99,10 @@ class JobStore:
         # A resumed job re-runs no finished epoch, but keep the list idempotent anyway.
         existing = [json.loads(m)["epoch"] for m in self.r.lrange(key, 0, -1)]
         if epoch_metrics["epoch"] not in existing:
-            self.r.rpush(key, json.dumps(epoch_metrics))
+            pipe = self.r.pipeline()
+            pipe.rpush(key, json.dumps(epoch_metrics))
+            pipe.hincrby(self._k("job", job_id), "rev", 1)
+            pipe.execute()
 
     def request_cancel(self, job_id: str) -> None:
         self.r.set(self._k("job", job_id, "cancel"), "1")
@@ -105,6 +112,26 @@ class JobStore:
 
     def heartbeat(self, job_id: str) -> None:
         self.r.hset(self._k("job", job_id), "heartbeat_at", time.time())
+
+    def counts(self) -> dict[str, Any]:
+        """Jobs by status, and the recent training throughput of running jobs summed
+        per worker (one pipelined round trip)."""
+        ids = self.r.zrange(self._k("jobs"), 0, -1)
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self._k("job", job_id), "status", "worker", "progress")
+        by_status: dict[str, int] = {}
+        images_per_s: dict[str, float] = {}
+        for status, worker, progress in pipe.execute() if ids else []:
+            if status is None:
+                continue
+            by_status[status] = by_status.get(status, 0) + 1
+            if status == "running" and progress:
+                ips = json.loads(progress).get("images_per_s")
+                if ips is not None:
+                    w = worker or "unknown"
+                    images_per_s[w] = images_per_s.get(w, 0.0) + float(ips)
+        return {"by_status": by_status, "images_per_s": images_per_s}
 
     def stale_running(self, stale_after_s: float) -> list[str]:
         """Running jobs whose worker stopped beating (killed with its whole worker)."""
@@ -168,7 +195,7 @@ class JobStore:
                 rec[k] = json.loads(v) if v else None
             elif k in ("created_at", "updated_at", "heartbeat_at", "started_at", "finished_at"):
                 rec[k] = float(v) if v else None
-            elif k in ("attempts", "model_version"):
+            elif k in ("attempts", "model_version", "rev"):
                 rec[k] = int(v) if v else None
             else:
                 rec[k] = v or None

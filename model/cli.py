@@ -179,8 +179,10 @@ def onnx_evaluator(model_path: str, ds, *, batch_size: int = 32):
     ev = Evaluator(cfg.S, cfg.B, cfg.C)
     for start in range(0, len(ds), batch_size):
         recs = ds.records[start : start + batch_size]
-        grids = det.run(np.stack([det.preprocess(load_image(r)) for r in recs]))
+        images = [load_image(r) for r in recs]
+        grids = det.run(np.stack([det.preprocess(im) for im in images]))
         ev.add(grids, [r.labels for r in recs], [r.difficult for r in recs])
+        ev.sizes.extend(im.size for im in images)
     return ev
 
 
@@ -193,12 +195,24 @@ def cmd_val(args: argparse.Namespace) -> None:
         ds = read_dataset(args.data, args.format)
         for s in ds.skipped:
             log.warning("skipped %s", s)
+    from model import coco
+
     ev = onnx_evaluator(args.model, ds)
     r, r11 = ev.result(), ev.result(method="11point")
     for c, name in enumerate(ds.class_names):
         ap = r.ap.get(c)
         print(f"{name:15s} AP@0.5 {'n/a' if ap is None else f'{ap:.4f}'}  objects {r.n_truth[c]}")
     print(f"mAP@0.5 {r.map:.4f}  (VOC2007 11-point: {r11.map:.4f})")
+    gt = coco.ground_truth(ev.truths, ev.sizes, ds.class_names)
+    dets = coco.results(ev.detections, ev.sizes)
+    c = coco.coco_map(gt, dets)
+    print(f"COCO mAP@[.5:.95] {c['map']:.4f}  AP50 {c['map50']:.4f}  AP75 {c['map75']:.4f}")
+    if args.save_json:
+        out = Path(args.save_json)
+        out.write_text(json.dumps(dets))
+        gt_path = out.with_name(out.stem + "_gt.json")
+        gt_path.write_text(json.dumps(gt))
+        print(f"COCO results: {out}  ground truth: {gt_path}")
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -268,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="a data set folder, or 'shapes' (held-out)")
     s.add_argument("--format", choices=["yolo", "voc", "coco"], default="yolo")
     s.add_argument("--images", type=int, default=500, help="shapes only")
+    s.add_argument(
+        "--save-json",
+        metavar="PATH",
+        help="write the detections as a COCO results file (and PATH_gt.json, the truth)",
+    )
     s.set_defaults(func=cmd_val)
 
     s = sub.add_parser("prune", help="remove old model versions from a model store")

@@ -39,6 +39,7 @@ class Evaluator:
         self.conf_threshold = conf_threshold
         self.detections: list[ImageDetections] = []
         self.truths: list[ImageTruth] = []
+        self.sizes: list[tuple[int, int]] = []  # (width, height), where the caller knows them
 
     def add(
         self,

@@ -102,6 +102,10 @@ class OnnxDetector:
         x = to_input(batch_uint8, self.cfg)
         return self.session.run(None, {self.input_name: x})[0]
 
+    def run_tensor(self, x: np.ndarray) -> np.ndarray:
+        """The network input as it is, ``(N, 3, size, size)`` float32 -> ``(N, S, S, 5B + C)``."""
+        return self.session.run(None, {self.input_name: x})[0]
+
     def postprocess(
         self,
         grid: np.ndarray,

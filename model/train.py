@@ -312,6 +312,7 @@ def train_one_epoch(
                     "epochs": tc.epochs,
                     "step": step + 1,
                     "steps": steps,
+                    "images": len(idx),
                     "loss": sum(terms.values()),
                     "terms": terms,
                 }

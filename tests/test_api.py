@@ -353,15 +353,18 @@ def test_metrics_move(client):
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith("detect_images_total")
+            if line.startswith("yolov1_detect_images_total")
         )
 
     before = count()
     client.post("/v1/detect", files={"image": ("a.jpg", _jpeg(7)[0])})
     assert count() == before + 1
     text = client.get("/metrics").text
-    assert 'http_requests_total{method="POST",route="/v1/detect",status="200"}' in text
-    assert "inference_batch_size_bucket" in text and "model_info{" in text
+    assert (
+        'yolov1_http_requests_total{code="200",method="POST",route="/v1/detect",'
+        'status_class="2xx"}' in text
+    )
+    assert "yolov1_inference_batch_size_bucket{" in text and "yolov1_model_info{" in text
 
 
 def test_readiness_before_and_after_warm_up():

@@ -31,7 +31,9 @@ def test_concurrent_images_form_one_batch_with_the_same_grids(served):
     sizes = []
 
     async def go():
-        b = MicroBatcher(max_batch=8, wait_ms=50, on_batch=lambda n, s: sizes.append(n))
+        b = MicroBatcher(
+            max_batch=8, wait_ms=50, on_batch=lambda m, s, waits: sizes.append(len(waits))
+        )
         b.start()
         try:
             b.incoming = len(images)  # all six are "decoding": the batch waits for them

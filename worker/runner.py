@@ -126,21 +126,31 @@ class ProgressWriter:
         self.job_id, self.jobs = job_id, jobs
         self.started = time.time()
         self.last_write = 0.0
+        # Images since the last write: the throughput shown is recent, not an average
+        # that includes the epochs' validation passes long gone.
+        self.window_start = time.time()
+        self.window_images = 0
 
     def __call__(self, p: dict[str, Any]) -> None:
         if "epoch_metrics" in p:
             patiently(lambda: self.jobs.append_metrics(self.job_id, p["epoch_metrics"]))
+            self.window_start, self.window_images = time.time(), 0  # validation ran
             return
+        self.window_images += p.get("images", 0)
         now = time.time()
         if now - self.last_write < 0.5 and p["step"] < p["steps"]:
             return
         done = (p["epoch"] - 1) * p["steps"] + p["step"]
         total = p["epochs"] * p["steps"]
         rate = done / max(now - self.started, 1e-6)
-        best_effort(lambda: self._write(done, total, rate, p), None)
+        images_per_s = self.window_images / max(now - self.window_start, 1e-6)
+        best_effort(lambda: self._write(done, total, rate, images_per_s, p), None)
         self.last_write = now
+        self.window_start, self.window_images = now, 0
 
-    def _write(self, done: int, total: int, rate: float, p: dict[str, Any]) -> None:
+    def _write(
+        self, done: int, total: int, rate: float, images_per_s: float, p: dict[str, Any]
+    ) -> None:
         self.jobs.update(
             self.job_id,
             progress={
@@ -149,6 +159,7 @@ class ProgressWriter:
                 "step": p["step"],
                 "steps": p["steps"],
                 "eta_s": round((total - done) / max(rate, 1e-9), 1),
+                "images_per_s": round(images_per_s, 2),
             },
         )
 

@@ -2,22 +2,46 @@ from __future__ import annotations
 
 import asyncio
 import io
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Query, Request, Response
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from app.detection import check_request_pixels, class_filter, detect_image
-from app.schemas import Box, Detection, DetectResult, ImageSize, ModelRef
+from app.detection import Detected, check_request_pixels, class_filter, detect_image
+from app.errors import validation_error
+from app.schemas import (
+    Box,
+    CocoDetection,
+    Detection,
+    DetectRequest,
+    DetectResult,
+    ImageInput,
+    ImageSize,
+    ModelRef,
+)
+from app.settings import Settings
+from app.sources import decode_base64, fetch_image
 from app.state import AppState, ModelDep, StateDep
 from model.infer import draw_detections
 from model.preprocess import decode_image
 
 router = APIRouter(prefix="/v1", tags=["detect"])
 RESULTS = TypeAdapter(list[DetectResult])
+COCO = TypeAdapter(list[CocoDetection])
+
+
+def _check_count(n: int, s: Settings) -> None:
+    if n > s.max_images_per_request:
+        raise HTTPException(413, f"at most {s.max_images_per_request} images per request")
+
+
+def _given(body_value: Any, query_value: Any) -> Any:
+    return query_value if body_value is None else body_value
+
 
 IMAGE_BODY = {"type": "string", "format": "binary"}
 OPENAPI_BODY = {
@@ -34,6 +58,7 @@ OPENAPI_BODY = {
                     "image": {"contentType": "image/jpeg, image/png, image/webp, image/bmp"}
                 },
             },
+            "application/json": {"schema": {"$ref": "#/components/schemas/DetectRequest"}},
             "image/jpeg": {"schema": IMAGE_BODY},
             "image/png": {"schema": IMAGE_BODY},
             "image/webp": {"schema": IMAGE_BODY},
@@ -51,6 +76,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise HTTPException(413, f"upload exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+@dataclass
+class Upload:
+    data: bytes
+    image_id: int  # format=coco's image_id: the JSON image's ``id``, else its position
 
 
 async def read_images(request: Request, state: AppState) -> list[bytes]:
@@ -82,14 +113,64 @@ async def read_images(request: Request, state: AppState) -> list[bytes]:
         return [await _read_body(request, limit)]
     raise HTTPException(
         415,
-        "send multipart/form-data with one or more 'image' file fields, "
-        "or the image itself as the body with an image/* content type",
+        "send multipart/form-data with one or more 'image' file fields, the image "
+        "itself as the body with an image/* content type, or application/json "
+        '{"images": [{"base64": "..."}]}',
     )
+
+
+async def read_json_request(request: Request, state: AppState) -> DetectRequest:
+    body = await _read_body(request, json_body_limit(state.settings))
+    try:
+        return DetectRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc, "body") from exc
+
+
+def json_body_limit(s: Settings) -> int:
+    """Base64 is 4/3 of the bytes it carries, plus the JSON around it."""
+    return s.max_upload_bytes * 4 // 3 + 64 * 1024
+
+
+async def resolve_images(images: list[ImageInput], s: Settings) -> list[Upload]:
+    """Base64 and data: URLs decoded, other URLs fetched (only from allowed hosts)."""
+    limit = s.max_upload_bytes
+
+    async def one(i: int, img: ImageInput) -> Upload:
+        where = f"images[{i}]"
+        if img.base64 is not None:
+            data = decode_base64(img.base64, limit, f"{where}.base64")
+        else:
+            data = await fetch_image(
+                img.url,
+                allowed_hosts=s.image_url_hosts,
+                limit=limit,
+                timeout_s=s.image_url_timeout_s,
+                max_redirects=s.image_url_max_redirects,
+                where=f"{where}.url",
+            )
+        return Upload(data, img.id if img.id is not None else i)
+
+    return list(await asyncio.gather(*(one(i, img) for i, img in enumerate(images))))
+
+
+def coco_results(done: list[Detected], uploads: list[Upload]) -> list[CocoDetection]:
+    """COCO's results format: one entry per box, ``bbox`` as [x, y, w, h]."""
+    return [
+        CocoDetection(
+            image_id=u.image_id,
+            category_id=d.class_id,
+            bbox=[d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1]],
+            score=min(1.0, max(0.0, d.confidence)),
+        )
+        for det, u in zip(done, uploads, strict=True)
+        for d in det.detections
+    ]
 
 
 @router.post(
     "/detect",
-    response_model=DetectResult | list[DetectResult],
+    response_model=DetectResult | list[DetectResult] | list[CocoDetection],
     openapi_extra=OPENAPI_BODY,
     summary="Detect objects in one or more images",
     responses={
@@ -97,7 +178,7 @@ async def read_images(request: Request, state: AppState) -> list[bytes]:
         400: {"description": "not a readable image"},
         413: {"description": "upload or image too large"},
         415: {"description": "unsupported content or image format"},
-        422: {"description": "invalid parameters"},
+        422: {"description": "invalid parameters, base64 or image URL"},
     },
 )
 async def detect(
@@ -116,16 +197,32 @@ async def detect(
         bool, Query(description="also return the raw (S, S, 5B+C) grid")
     ] = False,
     format: Annotated[
-        Literal["json", "image"], Query(description="'image': a PNG with the boxes drawn")
+        Literal["json", "image", "coco"],
+        Query(
+            description="'image': a PNG with the boxes drawn; 'coco': a COCO results list "
+            "(image_id, category_id, bbox [x, y, w, h], score)"
+        ),
     ] = "json",
 ) -> Any:
-    """Send the image as multipart ``image`` field(s) or as the raw body
-    (``Content-Type: image/jpeg`` ...). Several ``image`` fields give a list of results."""
-    images = await read_images(request, state)
-    if len(images) > state.settings.max_images_per_request:
-        raise HTTPException(
-            413, f"at most {state.settings.max_images_per_request} images per request"
-        )
+    """Send the image as multipart ``image`` field(s), as the raw body
+    (``Content-Type: image/jpeg`` ...), or as JSON (``DetectRequest``:
+    ``{"images": [{"base64": "..."}], "conf_threshold": 0.3}``). Several images give a
+    list of results."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":
+        req = await read_json_request(request, state)
+        conf_threshold = _given(req.conf_threshold, conf_threshold)
+        iou_threshold = _given(req.iou_threshold, iou_threshold)
+        max_detections = _given(req.max_detections, max_detections)
+        classes = _given(req.classes, classes)
+        include_raw = _given(req.include_raw, include_raw)
+        format = _given(req.format, format)
+        _check_count(len(req.images), state.settings)  # before fetching any
+        uploads = await resolve_images(req.images, state.settings)
+    else:
+        uploads = [Upload(d, i) for i, d in enumerate(await read_images(request, state))]
+    images = [u.data for u in uploads]
+    _check_count(len(images), state.settings)
     if format == "image" and len(images) != 1:
         raise HTTPException(422, "format=image takes exactly one image")
     if len(images) > 1:
@@ -151,6 +248,8 @@ async def detect(
         done = [await one(images[0])]
     else:
         done = await asyncio.gather(*(one(d) for d in images))
+    if format == "coco":
+        return Response(COCO.dump_json(coco_results(done, uploads)), media_type="application/json")
     if format == "image":  # drawn on the full image: decode it whole this once
         img = await asyncio.get_running_loop().run_in_executor(
             state.cpu_pool, lambda: decode_image(images[0], max_pixels=state.settings.max_pixels)

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import AsyncIterable
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.schemas import Job, JobList, JobRequest
 from app.state import AuthDep, JobsDep, ReadAuthDep, StateDep
@@ -94,31 +96,56 @@ def cancel(job_id: str, jobs: JobsDep, _auth: AuthDep) -> Job:
     return _job(_get(jobs, job_id))
 
 
+def _last_event_id(value: str | None) -> int:
+    """``Last-Event-ID`` as sent back by a reconnecting EventSource: a job's ``rev``."""
+    if value is None or not value.strip():
+        return 0
+    if not (value.strip().isascii() and value.strip().isdigit()) or len(value) > 18:
+        raise HTTPException(400, f"Last-Event-ID must be an event id this stream sent: {value!r}")
+    return int(value)
+
+
 @router.get(
     "/{job_id}/events",
     summary="Server-sent events: the job record on every change",
-    response_class=StreamingResponse,
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "`job` events (the whole record, id = its `rev`), "
+            "then one `end`; `: keep-alive` comments while nothing changes"
+        }
+    },
 )
 async def events(
-    job_id: str, jobs: JobsDep, request: Request, _auth: ReadAuthDep
-) -> StreamingResponse:
+    job_id: str,
+    jobs: JobsDep,
+    state: StateDep,
+    request: Request,
+    _auth: ReadAuthDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> AsyncIterable[ServerSentEvent]:
+    """Each event carries the whole job record, so a client that reconnects with
+    ``Last-Event-ID`` (as EventSource does) misses nothing: it gets the record again
+    only if it changed since that id, then every later change."""
+    seen = _last_event_id(last_event_id)
     _get(jobs, job_id)
-
-    async def stream():
-        last = None
-        while not await request.is_disconnected():
-            rec = await asyncio.to_thread(jobs.get, job_id)
-            if rec["updated_at"] != last:
-                last = rec["updated_at"]
-                yield f"event: job\ndata: {_job(rec).model_dump_json()}\n\n"
-                if rec["status"] in TERMINAL:
-                    yield f"event: end\ndata: {json.dumps({'status': rec['status']})}\n\n"
-                    return
-            await asyncio.sleep(0.5)
-
-    return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-    )
+    ping_s = state.settings.sse_keepalive_s
+    quiet_since = time.monotonic()
+    while not await request.is_disconnected():
+        rec = await asyncio.to_thread(jobs.get, job_id)
+        rev = rec.get("rev") or 0
+        if rev > seen:
+            seen = rev
+            quiet_since = time.monotonic()
+            yield ServerSentEvent(raw_data=_job(rec).model_dump_json(), event="job", id=str(rev))
+        if rec["status"] in TERMINAL:
+            yield ServerSentEvent(data={"status": rec["status"]}, event="end", id=str(rev))
+            return
+        if time.monotonic() - quiet_since >= ping_s:
+            # A comment: proxies that cut idle streams see traffic, EventSource ignores it.
+            quiet_since = time.monotonic()
+            yield ServerSentEvent(comment="keep-alive")
+        await asyncio.sleep(0.5)
 
 
 @router.get(

@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from app.errors import validation_error
 from app.schemas import Grid, Label, LossOptions, LossRequest, LossResponse
 from app.scoring import score
 from app.state import ModelDep, StateDep
@@ -50,16 +50,6 @@ OPENAPI_BODY = {
 }
 
 
-def _validation_error(exc: ValidationError, where: str) -> RequestValidationError:
-    # Echoing "input" back could mean megabytes of predictions, or bytes that are
-    # not text: say where and what is wrong, not what was sent.
-    errors = [
-        {"type": e["type"], "loc": (where, *e.get("loc", ())), "msg": e["msg"]}
-        for e in exc.errors(include_url=False, include_input=False, include_context=False)
-    ]
-    return RequestValidationError(errors)
-
-
 async def _parse(request: Request, limit: int) -> tuple[Any, list[list[Label]], LossOptions]:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
@@ -70,7 +60,7 @@ async def _parse(request: Request, limit: int) -> tuple[Any, list[list[Label]], 
         try:
             req = LossRequest.model_validate_json(body)
         except ValidationError as exc:
-            raise _validation_error(exc, "body") from exc
+            raise validation_error(exc, "body") from exc
         return req.predictions, req.labels, req
     if ctype == "multipart/form-data":
         try:
@@ -96,7 +86,7 @@ async def _parse(request: Request, limit: int) -> tuple[Any, list[list[Label]], 
                 opt_part = await opt_part.read()
             options = LossOptions.model_validate_json(opt_part) if opt_part else LossOptions()
         except ValidationError as exc:
-            raise _validation_error(exc, "form") from exc
+            raise validation_error(exc, "form") from exc
         return preds, labels, options
     raise HTTPException(415, "send application/json, or multipart/form-data with a .npy part")
 
@@ -120,7 +110,7 @@ async def loss(request: Request, state: StateDep, model: ModelDep) -> LossRespon
     optional ``options`` JSON part, for large batches."""
     preds, labels, opts = await _parse(request, state.settings.max_upload_bytes)
     grid = opts.grid or Grid(S=model.cfg.S, B=model.cfg.B, C=model.cfg.C)
-    return await asyncio.get_running_loop().run_in_executor(
+    out = await asyncio.get_running_loop().run_in_executor(
         state.score_pool,
         score,
         preds,
@@ -130,3 +120,5 @@ async def loss(request: Request, state: StateDep, model: ModelDep) -> LossRespon
         model.cfg.class_names,
         state.settings.max_loss_images,
     )
+    state.metrics.scored.inc(len(labels))
+    return out

@@ -1,0 +1,255 @@
+"""The Open Inference Protocol (KServe v2) over HTTP, with Triton's binary tensor data
+extension: parsing an infer request into named arrays, and the response back.
+
+The model takes one of two inputs:
+
+* the network's own tensor (its ONNX input name, FP32 ``[N, 3, size, size]``,
+  normalised as ``model.preprocess.to_input`` does), run as it is;
+* ``image_bytes`` (BYTES ``[N]``): encoded image files, decoded and resized here.
+
+and gives one output, ``grid``: FP32 ``[N, S, S, 5B + C]``, the raw YOLOv1 grid
+(docs/loss.md; ``POST /v1/loss`` scores it)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model.config import ModelConfig
+
+MODEL_NAME = "yolov1"
+IMAGE_INPUT = "image_bytes"
+OUTPUT = "grid"
+HEADER = "Inference-Header-Content-Length"
+
+DTYPES: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
+
+class ProtocolError(ValueError):
+    """A request the protocol does not allow; answered ``{"error": message}``, 400."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Tensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray | list[bytes]  # BYTES tensors: one bytes object per element
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: list[Tensor]
+    outputs: list[dict[str, Any]]  # requested outputs, as sent
+    binary_output: bool  # the request's default for outputs that do not say
+
+
+def metadata(cfg: ModelConfig, input_name: str, versions: list[int]) -> dict[str, Any]:
+    size = cfg.input_size
+    return {
+        "name": MODEL_NAME,
+        "versions": [str(v) for v in versions],
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {"name": input_name, "datatype": "FP32", "shape": [-1, 3, size, size]},
+            {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
+        ],
+        "outputs": [
+            {"name": OUTPUT, "datatype": "FP32", "shape": [-1, cfg.S, cfg.S, cfg.channels]}
+        ],
+        "parameters": {
+            "class_names": cfg.class_names,
+            "grid": {"S": cfg.S, "B": cfg.B, "C": cfg.C},
+            "layout": cfg.layout,
+            "mean": list(cfg.mean),
+            "std": list(cfg.std),
+        },
+    }
+
+
+def parse_infer(body: bytes, header_length: str | None, max_elements: int) -> InferRequest:
+    """A request body: JSON, or (binary extension) JSON of ``header_length`` bytes
+    followed by the tensors that declare ``binary_data_size``, in order."""
+    if header_length is not None:
+        if not header_length.strip().isdigit() or int(header_length) > len(body):
+            raise ProtocolError(f"{HEADER} {header_length!r} does not fit a body of {len(body)}")
+        n = int(header_length)
+        head, rest = body[:n], memoryview(body)[n:]
+    else:
+        head, rest = body, memoryview(b"")
+    try:
+        doc = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"the request is not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise ProtocolError("the request needs 'inputs': a non-empty list of tensors")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ProtocolError("'parameters' must be an object")
+    offset = 0
+    inputs = []
+    for i, t in enumerate(doc["inputs"]):
+        tensor, used = _input(t, i, rest[offset:], max_elements)
+        offset += used
+        inputs.append(tensor)
+    if offset != len(rest):
+        raise ProtocolError(f"{len(rest) - offset} bytes of binary data belong to no input")
+    outputs = doc.get("outputs") or []
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
+        raise ProtocolError("'outputs' must be a list of objects with a 'name'")
+    for o in outputs:
+        if o["name"] != OUTPUT:
+            raise ProtocolError(f"unknown output {o['name']!r}; the model has {OUTPUT!r}")
+    req_id = doc.get("id")
+    return InferRequest(
+        id=str(req_id) if req_id is not None else None,
+        inputs=inputs,
+        outputs=outputs,
+        binary_output=bool(params.get("binary_data_output", False)),
+    )
+
+
+def _input(t: Any, i: int, binary: memoryview, max_elements: int) -> tuple[Tensor, int]:
+    where = f"inputs[{i}]"
+    if not isinstance(t, dict):
+        raise ProtocolError(f"{where} must be an object")
+    name, dtype, shape = t.get("name"), t.get("datatype"), t.get("shape")
+    if not isinstance(name, str) or not name:
+        raise ProtocolError(f"{where} needs a 'name'")
+    if dtype != "BYTES" and dtype not in DTYPES:
+        raise ProtocolError(f"{where}: unknown datatype {dtype!r}")
+    if (
+        not isinstance(shape, list)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        or len(shape) > 8
+    ):
+        raise ProtocolError(f"{where}: 'shape' must be a list of non-negative integers")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count > max_elements:
+        raise ProtocolError(f"{where}: {count} elements; at most {max_elements}", 413)
+    size = (t.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or size > len(binary):
+            raise ProtocolError(f"{where}: binary_data_size {size!r} exceeds the data sent")
+        raw = binary[:size]
+        if dtype == "BYTES":
+            data: Any = _unpack_bytes(bytes(raw), count, where)
+        else:
+            itemsize = np.dtype(DTYPES[dtype]).itemsize
+            if size != count * itemsize:
+                raise ProtocolError(
+                    f"{where}: {size} bytes for {count} {dtype} elements (want {count * itemsize})"
+                )
+            data = np.frombuffer(raw, dtype=np.dtype(DTYPES[dtype]).newbyteorder("<"))
+            data = data.reshape(shape)
+        return Tensor(name, dtype, shape, data), size
+    if "data" not in t:
+        raise ProtocolError(f"{where} has neither 'data' nor parameters.binary_data_size")
+    flat = _flatten(t["data"], where)
+    if len(flat) != count:
+        raise ProtocolError(f"{where}: {len(flat)} values for shape {shape} ({count})")
+    if dtype == "BYTES":
+        # JSON cannot carry raw bytes: image files come base64-encoded, as KServe's own
+        # image examples send them.
+        data = [_b64(v, f"{where}.data[{k}]") for k, v in enumerate(flat)]
+    else:
+        try:
+            data = np.asarray(flat, dtype=DTYPES[dtype]).reshape(shape)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ProtocolError(f"{where}: data are not {dtype}: {exc}") from exc
+    return Tensor(name, dtype, shape, data), 0
+
+
+def _flatten(data: Any, where: str) -> list[Any]:
+    """Row-major data, flat or nested as the shape (both are allowed)."""
+    if not isinstance(data, list):
+        raise ProtocolError(f"{where}.data must be a list")
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                stack.append(iter(v))
+                break
+            out.append(v)
+        else:
+            stack.pop()
+    return out
+
+
+def _b64(v: Any, where: str) -> bytes:
+    if not isinstance(v, str):
+        raise ProtocolError(f"{where}: a BYTES element in JSON must be a base64 string")
+    try:
+        return base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(f"{where} is not base64: {exc}") from exc
+
+
+def _unpack_bytes(raw: bytes, count: int, where: str) -> list[bytes]:
+    """Triton's BYTES layout: each element a little-endian uint32 length, then the bytes."""
+    out, pos = [], 0
+    while pos < len(raw):
+        if pos + 4 > len(raw):
+            raise ProtocolError(f"{where}: truncated BYTES element length")
+        (n,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + n > len(raw):
+            raise ProtocolError(f"{where}: a BYTES element runs past the data")
+        out.append(raw[pos : pos + n])
+        pos += n
+    if len(out) != count:
+        raise ProtocolError(f"{where}: {len(out)} BYTES elements for a shape of {count}")
+    return out
+
+
+def encode_response(
+    req: InferRequest, grid: np.ndarray, model_version: int
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers; ``grid`` as binary data when asked for."""
+    wanted = req.outputs or [{"name": OUTPUT}]
+    out: dict[str, Any] = {"name": OUTPUT, "datatype": "FP32", "shape": list(grid.shape)}
+    binary = (wanted[0].get("parameters") or {}).get("binary_data", req.binary_output)
+    blob = b""
+    if binary:
+        blob = np.ascontiguousarray(grid, dtype="<f4").tobytes()
+        out["parameters"] = {"binary_data_size": len(blob)}
+    else:
+        out["data"] = grid.astype(np.float32).ravel().tolist()
+    doc: dict[str, Any] = {
+        "model_name": MODEL_NAME,
+        "model_version": str(model_version),
+        "outputs": [out],
+    }
+    if req.id is not None:
+        doc["id"] = req.id
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    if not blob:
+        return head, {"content-type": "application/json"}
+    return head + blob, {"content-type": "application/octet-stream", HEADER: str(len(head))}

@@ -1,0 +1,138 @@
+"""Label Studio's ML backend (label_studio_ml/api.py): add
+``http://<this host>:8000/labelstudio`` as a model in a project's settings and its
+tasks get pre-annotations. ``app.labelstudio`` has the protocol's shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from app import labelstudio as ls
+from app.detection import detect_image
+from app.errors import InputError
+from app.sources import decode_base64, fetch_image
+from app.state import AppState, ModelDep, StateDep
+
+router = APIRouter(prefix="/labelstudio", tags=["label studio"])
+VERSION = re.compile(r"-v(\d{1,9})$")
+
+
+class SetupRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    project: str | int | None = None
+    schema_: str | None = Field(None, alias="schema", description="the project's label config")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    tasks: list[dict[str, Any]] = Field(min_length=1, max_length=64)
+    label_config: str | None = None
+    project: str | int | None = None
+    model_version: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def model_version(name: str, version: int) -> str:
+    return f"{name}-v{version}"
+
+
+@router.get("/health", summary="Label Studio's health check")
+@router.get("/", summary="Label Studio's health check", include_in_schema=False)
+def health() -> dict[str, str]:
+    return {"status": "UP", "model_class": "YOLOv1"}
+
+
+@router.post("/setup", summary="Label Studio connects a project")
+def setup(req: SetupRequest, model: ModelDep) -> dict[str, str]:
+    ls.parse_config(req.schema_)  # a config this backend cannot serve is said now
+    return {"model_version": model_version(model.name, model.version)}
+
+
+@router.post("/webhook", summary="Label Studio's events (training runs through /v1/jobs)")
+def webhook(body: dict[str, Any]) -> dict[str, str]:
+    return {"status": "Unknown event", "detail": "train with POST /v1/jobs"}
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics() -> dict[str, Any]:
+    return {}
+
+
+@router.post("/predict", summary="Pre-annotations for Label Studio tasks")
+async def predict(req: PredictRequest, state: StateDep, model: ModelDep) -> dict[str, Any]:
+    """One prediction per task, in order: RectangleLabels regions for the config's
+    first RectangleLabels control, classes matched to its labels by name."""
+    target = ls.parse_config(req.label_config)
+    served = await _served(state, req.model_version)
+    labels = ls.class_to_label(served.cfg.class_names, target.labels)
+    version = model_version(served.name, served.version)
+    opts = dict(
+        conf_threshold=float(req.params.get("conf_threshold", 0.2)),
+        iou_threshold=0.5,
+        max_detections=100,
+        classes=None,
+    )
+
+    async def one(i: int, task: dict[str, Any]) -> dict[str, Any]:
+        data = await task_image(state, ls.task_image_ref(task, target, i), f"tasks[{i}]")
+        d = await detect_image(
+            data,
+            served,
+            state.batcher,
+            state.cpu_pool,
+            max_pixels=state.settings.max_pixels,
+            options=opts,
+        )
+        return ls.prediction(ls.regions(d.detections, d.width, d.height, target, labels), version)
+
+    results = await asyncio.gather(*(one(i, t) for i, t in enumerate(req.tasks)))
+    return {"results": list(results)}
+
+
+async def _served(state: AppState, requested: str | None):
+    """The version Label Studio asks for (``name-vN``) when this server has it, else
+    the active one (Label Studio may remember a version since removed)."""
+    m = VERSION.search(requested or "")
+    if m is not None:
+        try:
+            return await state.manager.model_for(int(m.group(1)))
+        except KeyError:
+            pass
+    return state.holder.current
+
+
+async def task_image(state: AppState, ref: str, where: str) -> bytes:
+    """A data URL; a path on Label Studio (an uploaded file: /data/upload/...), fetched
+    from YOLOV1_LABELSTUDIO_URL with its token; or a URL on an allowed host."""
+    s = state.settings
+    where = f"{where}.data"
+    if ref.startswith("data:"):
+        return decode_base64(ref, s.max_upload_bytes, where)
+    fetch = dict(
+        limit=s.max_upload_bytes,
+        timeout_s=s.image_url_timeout_s,
+        max_redirects=s.image_url_max_redirects,
+        where=where,
+    )
+    if ref.startswith("/"):
+        if not s.labelstudio_url:
+            raise InputError(
+                422,
+                f"{where}: {ref!r} is a file on Label Studio; set YOLOV1_LABELSTUDIO_URL (and "
+                "YOLOV1_LABELSTUDIO_API_KEY) so this backend can read it",
+            )
+        base = s.labelstudio_url.rstrip("/")
+        headers = (
+            {"Authorization": f"Token {s.labelstudio_api_key}"} if s.labelstudio_api_key else {}
+        )
+        return await fetch_image(
+            base + ref, allowed_hosts=[urlsplit(base).hostname or ""], headers=headers, **fetch
+        )
+    return await fetch_image(ref, allowed_hosts=s.image_url_hosts, **fetch)
