@@ -10,11 +10,21 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("app.metrics")
+
+# A `_created` timestamp beside every counter and histogram doubles the series and
+# no dashboard here reads them.
+disable_created_metrics()
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 MODEL_LABELS = ("model", "version")

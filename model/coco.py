@@ -91,7 +91,7 @@ def coco_map(gt: dict[str, Any], dets: list[dict[str, Any]]) -> dict[str, float 
         coco_gt.createIndex()
         if not dets:  # loadRes refuses an empty list
             return dict.fromkeys(names, 0.0)
-        coco_dt = coco_gt.loadRes(dets)
+        coco_dt = coco_gt.loadRes([dict(d) for d in dets])  # it adds fields in place
         ev = COCOeval(coco_gt, coco_dt, "bbox")
         ev.evaluate()
         ev.accumulate()

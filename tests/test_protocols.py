@@ -505,3 +505,30 @@ def test_a_body_larger_than_any_image_is_refused_before_it_is_read(client):
         "/v1/detect", content=big.getvalue(), headers={"content-type": "application/json"}
     )
     assert r.status_code == 413
+
+
+def test_every_series_is_documented_and_the_dashboard_uses_only_real_ones(client):
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "metrics.md").read_text()
+    text = client.get("/metrics").text
+    served = {
+        f.name + ("_total" if f.type == "counter" else "")
+        for f in text_string_to_metric_families(text)
+        if f.name.startswith("yolov1_")
+    }
+    documented = set(re.findall(r"`(yolov1_[a-z_]+)`", doc))
+    # the job series appear only with Redis (tests/test_worker.py scrapes them)
+    assert served <= documented and documented - served <= {
+        "yolov1_jobs", "yolov1_redis_up", "yolov1_training_images_per_second"
+    }  # fmt: skip
+    dash = json.loads((root / "docs" / "grafana" / "yolov1-service.json").read_text())
+    used = {
+        re.sub(r"_(bucket|sum|count)$", "", m)
+        for p in dash["panels"]
+        for t in p["targets"]
+        for m in re.findall(r"yolov1_[a-z_]+", t["expr"])
+    }
+    assert used and used <= documented

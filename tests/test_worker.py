@@ -49,6 +49,7 @@ def stack(tmp_path_factory):
         "YOLOV1_LOCK_TTL_S": "5",
         "YOLOV1_HEARTBEAT_S": "1",
         "YOLOV1_STALE_AFTER_S": "10",
+        "YOLOV1_SSE_KEEPALIVE_S": "1",
         "OMP_NUM_THREADS": "1",
     }
     (base / "data").mkdir()
@@ -199,6 +200,85 @@ def test_cancel_stops_a_running_job(stack):
         _wait(c, queued, lambda j: j["status"] in ("cancelled", "succeeded"))["status"]
         == "cancelled"
     )
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name == name and all(smp.labels.get(k) == v for k, v in labels.items()):
+                return smp.value
+    return None
+
+
+def _sse(client, job_id: str, seconds: float, last_event_id: str | None = None) -> str:
+    """What the events stream sends in ``seconds`` (or until it ends)."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    text, t0 = "", time.monotonic()
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for chunk in r.iter_text():
+            text += chunk
+            if time.monotonic() - t0 > seconds:
+                break
+    return text
+
+
+def test_python_client_jobs_metrics_and_resumable_events(stack, tmp_path):
+    from model.shapes import write_yolo_dataset
+    from yolov1_client import APIError, Client
+
+    api = stack["api"]
+    write_yolo_dataset(str(tmp_path / "ds"), 16, seed=11)
+    zpath = tmp_path / "ds.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for p in (tmp_path / "ds").rglob("*"):
+            if p.is_file():
+                z.write(p, f"ds/{p.relative_to(tmp_path / 'ds')}")
+    with Client(api.url, api_key=KEY) as c, Client(api.url) as anonymous:
+        with pytest.raises(APIError) as e:
+            anonymous.submit_job({"dataset": {"format": "shapes"}, "epochs": 1})
+        assert e.value.status == 401
+        summary = c.upload_dataset(zpath)
+        assert summary["images"] == 16 and summary["format"] == "yolo"
+        # A long job holds the single worker, so the next one stays queued and quiet.
+        long_id = c.submit_job({"dataset": {"format": "shapes", "images": 48}, "epochs": 200,
+                                "batch_size": 8, "augment": False})  # fmt: skip
+        quiet_id = c.submit_job({"dataset": {"format": "shapes", "images": 8}, "epochs": 1})
+        _wait(stack["client"], long_id, lambda j: (j["progress"] or {}).get("images_per_s"))
+        text = stack["client"].get("/metrics").text
+        assert _metric(text, "yolov1_jobs", status="running") == 1
+        assert _metric(text, "yolov1_jobs", status="queued") >= 1
+        assert _metric(text, "yolov1_redis_up") == 1
+        assert _metric(text, "yolov1_training_images_per_second") > 0
+        # Nothing changes on a queued job: the stream says so with keep-alive comments.
+        quiet = _sse(stack["client"], quiet_id, 2.5)
+        assert quiet.count("event: job") == 1 and ": keep-alive" in quiet
+        assert "id: 1\n" in quiet
+        # A reconnect that has seen the latest revision gets nothing it has seen.
+        assert "event: job" not in _sse(stack["client"], quiet_id, 1.5, last_event_id="1")
+        bad = stack["client"].get(f"/v1/jobs/{quiet_id}/events", headers={"Last-Event-ID": "x"})
+        assert bad.status_code == 400
+        assert c.cancel(quiet_id)["status"] == "cancelled"
+        assert c.cancel(long_id)["status"] in ("running", "cancelled")
+        assert c.wait(long_id, timeout=60)["status"] == "cancelled"
+
+        seen: list[dict] = []
+        job_id = c.submit_job({"dataset": {"format": "yolo", "dataset_id": summary["id"]},
+                               "epochs": 2, "batch_size": 8, "augment": False})  # fmt: skip
+        done = c.wait(job_id, timeout=240, on_progress=seen.append)
+        assert done["status"] == "succeeded", done
+        revs = [j["rev"] for j in seen]
+        assert revs == sorted(set(revs)) and len(revs) >= 3  # each change once, in order
+        assert [m["epoch"] for m in seen[-1]["metrics"]] == [0, 1, 2]
+        # Resuming from an earlier event replays the latest state, then the end.
+        tail = _sse(stack["client"], job_id, 5, last_event_id=str(revs[0]))
+        assert tail.count("event: job") == 1 and "event: end" in tail
+        assert f"id: {done['rev']}" in tail
+        listed = c.jobs(limit=3)
+        assert listed["items"][0]["id"] == job_id and c.job(job_id)["status"] == "succeeded"
+        assert [v["version"] for v in c.models()["versions"]][0] == 1
 
 
 def test_mutating_endpoints_need_the_key(stack):

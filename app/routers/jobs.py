@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.schemas import Job, JobList, JobRequest
@@ -96,11 +96,16 @@ def cancel(job_id: str, jobs: JobsDep, _auth: AuthDep) -> Job:
     return _job(_get(jobs, job_id))
 
 
-def _last_event_id(value: str | None) -> int:
-    """``Last-Event-ID`` as sent back by a reconnecting EventSource: a job's ``rev``."""
-    if value is None or not value.strip():
+def last_seen(
+    job_id: str, jobs: JobsDep, last_event_id: Annotated[str | None, Header()] = None
+) -> int:
+    """``Last-Event-ID`` as a reconnecting EventSource sends it (a job's ``rev``), checked
+    with the job before the stream starts: after that only events can be sent."""
+    _get(jobs, job_id)
+    value = (last_event_id or "").strip()
+    if not value:
         return 0
-    if not (value.strip().isascii() and value.strip().isdigit()) or len(value) > 18:
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise HTTPException(400, f"Last-Event-ID must be an event id this stream sent: {value!r}")
     return int(value)
 
@@ -111,9 +116,10 @@ def _last_event_id(value: str | None) -> int:
     response_class=EventSourceResponse,
     responses={
         200: {
-            "description": "`job` events (the whole record, id = its `rev`), "
-            "then one `end`; `: keep-alive` comments while nothing changes"
-        }
+            "description": "`job` events (the whole record; id: its `rev`), then one `end`; "
+            "`: keep-alive` comments while nothing changes"
+        },
+        404: {"description": "no such job"},
     },
 )
 async def events(
@@ -122,13 +128,11 @@ async def events(
     state: StateDep,
     request: Request,
     _auth: ReadAuthDep,
-    last_event_id: Annotated[str | None, Header()] = None,
+    seen: Annotated[int, Depends(last_seen)],
 ) -> AsyncIterable[ServerSentEvent]:
     """Each event carries the whole job record, so a client that reconnects with
     ``Last-Event-ID`` (as EventSource does) misses nothing: it gets the record again
     only if it changed since that id, then every later change."""
-    seen = _last_event_id(last_event_id)
-    _get(jobs, job_id)
     ping_s = state.settings.sse_keepalive_s
     quiet_since = time.monotonic()
     while not await request.is_disconnected():
