@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from model.config import ModelConfig
 
@@ -42,6 +43,73 @@ DTYPES: dict[str, Any] = {
     "FP32": np.float32,
     "FP64": np.float64,
 }
+
+
+# The protocol's JSON shapes, for /openapi.json (the requests are parsed by hand below:
+# binary data may follow the JSON, and tensors can be megabytes of numbers).
+class MetadataTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str = Field(description="FP32 for the network's tensor, BYTES for image_bytes")
+    parameters: dict[str, Any] | None = Field(
+        None, description="binary_data_size: bytes after the JSON"
+    )
+    data: list[Any] | None = Field(None, description="row-major, flat or nested; BYTES as base64")
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = Field(None, description="binary_data: true for raw bytes")
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[float] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+class InferenceError(BaseModel):
+    error: str
+
+
+SCHEMAS = (ServerMetadata, ModelMetadata, InferenceRequest, InferenceResponse, InferenceError)
 
 
 class ProtocolError(ValueError):

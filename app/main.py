@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app import errors
+from app import kserve as kserve_schemas
 from app.batching import MicroBatcher
 from app.limits import BodyLimitMiddleware
 from app.observability import Metrics, MetricsMiddleware
@@ -105,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 title=app.title, version=app.version, description=app.description, routes=app.routes
             )
             schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-            for model in (LossRequest, DetectRequest):
+            for model in (LossRequest, DetectRequest, *kserve_schemas.SCHEMAS):
                 body = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(body.pop("$defs", {}))
                 schemas[model.__name__] = body

@@ -83,9 +83,7 @@ async def fetch_image(
         # The whole fetch, redirects and a slow trickle of bytes included, in timeout_s.
         async with (
             asyncio.timeout(timeout_s),
-            httpx.AsyncClient(
-                follow_redirects=False, timeout=timeout_s, headers=headers
-            ) as client,
+            httpx.AsyncClient(follow_redirects=False, timeout=timeout_s, headers=headers) as client,
         ):
             for _ in range(max_redirects + 1):
                 parts = urlsplit(url)

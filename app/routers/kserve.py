@@ -20,7 +20,10 @@ from model.preprocess import ImageDecodeError, ImageTooLargeError, UnsupportedFo
 
 router = APIRouter(prefix="/v2", tags=["kserve v2"])
 
-ERROR = {"content": {"application/json": {"example": {"error": "what is wrong"}}}}
+ERROR = {
+    "description": '{"error": message}',
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferenceError"}}},
+}
 MAX_ELEMENTS = 64 * 3 * 1024 * 1024  # a batch of 64 at 1024 x 1024
 
 
@@ -48,7 +51,7 @@ async def _model(state: AppState, name: str, version: str | None) -> ServedModel
         raise ProtocolError(f"model {name!r} has no version {version}", 404) from None
 
 
-@router.get("", summary="Server metadata")
+@router.get("", summary="Server metadata", response_model=kserve.ServerMetadata)
 def server_metadata(request: Request) -> dict[str, Any]:
     return {
         "name": "yolov1-service",
@@ -69,8 +72,18 @@ def ready(state: StateDep) -> JSONResponse:
     )
 
 
-@router.get("/models/{name}", summary="Model metadata", responses={404: ERROR})
-@router.get("/models/{name}/versions/{version}", summary="Model version metadata")
+@router.get(
+    "/models/{name}",
+    summary="Model metadata",
+    response_model=kserve.ModelMetadata,
+    responses={404: ERROR},
+)
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model version metadata",
+    response_model=kserve.ModelMetadata,
+    responses={404: ERROR},
+)
 async def model_metadata(state: StateDep, name: str, version: str | None = None) -> Any:
     try:
         model = await _model(state, name, version)
@@ -79,8 +92,12 @@ async def model_metadata(state: StateDep, name: str, version: str | None = None)
     return kserve.metadata(model.cfg, model.detector.input_name, state.manager.versions())
 
 
-@router.get("/models/{name}/ready", summary="Model readiness", responses={400: ERROR})
-@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
+@router.get("/models/{name}/ready", summary="Model readiness", responses={400: ERROR, 404: ERROR})
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="Model version readiness",
+    responses={400: ERROR, 404: ERROR},
+)
 async def model_ready(state: StateDep, name: str, version: str | None = None) -> Any:
     """200 when the version can take an infer request now; a registered version that
     is not active is loaded on this call."""
@@ -96,7 +113,7 @@ INFER_DOC = {
         "required": True,
         "content": {
             "application/json": {
-                "schema": {"type": "object"},
+                "schema": {"$ref": "#/components/schemas/InferenceRequest"},
                 "example": {
                     "inputs": [
                         {
@@ -124,9 +141,17 @@ INFER_DOC = {
     summary="Inference: the raw grid for a tensor or encoded images",
     openapi_extra=INFER_DOC,
     responses={
-        200: {"description": "the v2 response; binary data when asked for"},
+        200: {
+            "description": "the v2 response; with binary outputs, the JSON "
+            f"({kserve.HEADER} bytes) then the tensors' bytes",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/InferenceResponse"}},
+                "application/octet-stream": {},
+            },
+        },
         400: ERROR,
         404: ERROR,
+        413: ERROR,
     },
 )
 @router.post(

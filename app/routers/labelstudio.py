@@ -39,6 +39,19 @@ class PredictRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class Prediction(BaseModel):
+    result: list[dict[str, Any]] = Field(
+        description="RectangleLabels regions: value {x, y, width, height} in percent, "
+        "rectanglelabels, score"
+    )
+    score: float = Field(description="the mean of the regions' scores (0 with none)")
+    model_version: str
+
+
+class PredictResponse(BaseModel):
+    results: list[Prediction] = Field(description="one per task, in order")
+
+
 def model_version(name: str, version: int) -> str:
     return f"{name}-v{version}"
 
@@ -65,7 +78,15 @@ def metrics() -> dict[str, Any]:
     return {}
 
 
-@router.post("/predict", summary="Pre-annotations for Label Studio tasks")
+@router.post(
+    "/predict",
+    summary="Pre-annotations for Label Studio tasks",
+    response_model=PredictResponse,
+    responses={
+        413: {"description": "too large"},
+        422: {"description": "a config or task this backend cannot read, and why"},
+    },
+)
 async def predict(req: PredictRequest, state: StateDep, model: ModelDep) -> dict[str, Any]:
     """One prediction per task, in order: RectangleLabels regions for the config's
     first RectangleLabels control, classes matched to its labels by name."""
