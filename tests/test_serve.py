@@ -44,6 +44,7 @@ def test_make_run_restarts_what_dies(tmp_path):
         "YOLOV1_MODEL_STORE": str(tmp_path / "store"),
         "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
         "YOLOV1_EMBEDDED_REDIS_PORT": str(free_port()),
+        "YOLOV1_EMBEDDED_REDIS_DIR": str(tmp_path / "redis"),
         "YOLOV1_LOG_LEVEL": "warning",
         "OMP_NUM_THREADS": "1",
     }

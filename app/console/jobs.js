@@ -1,0 +1,149 @@
+// Jobs: upload a data set (with progress), start a job, the live list; one job's page
+// follows its event stream: status, progress, ETA, curves that grow, cancel.
+
+import { api, el, events, fmtTime, guarded, toast, upload } from "./api.js";
+import { lineChart } from "./chart.js";
+
+let following = null; // the AbortController of the job page's stream
+
+function percent(job) {
+  const p = job.progress || {};
+  if (job.status === "succeeded") return 1;
+  if (!p.epochs || !p.steps) return 0;
+  return Math.min(1, ((p.epoch - 1) * p.steps + p.step) / (p.epochs * p.steps));
+}
+
+function outcome(job) {
+  if (job.error) return job.error;
+  const r = job.result;
+  if (!r) return "";
+  return r.reason || "";
+}
+
+export async function refreshJobs() {
+  const body = document.querySelector("#jobs-table tbody");
+  let list;
+  try {
+    list = await api("/v1/jobs?limit=50");
+  } catch (e) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 5 }, `Jobs are unavailable: ${e.message}`)));
+    return;
+  }
+  body.replaceChildren(...list.items.map((j) => el("tr", { "data-job": j.id },
+    el("td", {}, el("a", { href: `#job/${j.id}` }, j.id.slice(0, 8))),
+    el("td", { class: `status-${j.status}` }, j.status),
+    el("td", {}, el("progress", { max: 1, value: percent(j), "aria-label": `progress of ${j.id.slice(0, 8)}` })),
+    el("td", { class: "wide" }, fmtTime(j.created_at)),
+    el("td", {}, outcome(j)))));
+  if (!list.items.length) body.append(el("tr", {}, el("td", { colspan: 5 }, "No job yet.")));
+}
+
+function renderJob(job) {
+  const p = job.progress || {};
+  document.getElementById("job-title").textContent = `Job ${job.id.slice(0, 8)}`;
+  const status = document.getElementById("job-status");
+  status.textContent = job.status + (job.status === "running" && p.epoch ? ` (epoch ${p.epoch} of ${p.epochs})` : "");
+  status.className = `status-${job.status}`;
+  status.dataset.status = job.status;
+  const frac = percent(job);
+  document.getElementById("job-progress").value = frac;
+  document.getElementById("job-progress-text").textContent = `${Math.round(frac * 100)}%`;
+  document.getElementById("job-eta").textContent = job.status === "running" && p.eta_s !== undefined ? `${Math.round(p.eta_s)} s` : "–";
+  document.getElementById("job-speed").textContent = p.images_per_s ? `${p.images_per_s.toFixed(1)} images/s` : "–";
+  const r = job.result;
+  document.getElementById("job-outcome").textContent = job.error ? `Failed: ${job.error}` :
+    r ? `${r.reason} (baseline ${fmt(r.baseline_map50)}, best ${fmt(r.val_map50)} at epoch ${r.best_epoch ?? "–"})` : "–";
+  document.getElementById("job-cancel").disabled = !["queued", "running"].includes(job.status);
+  const m = job.metrics || [];
+  lineChart(document.getElementById("chart-loss"), [
+    { name: "train", color: "#0b57d0", points: m.filter((e) => e.epoch > 0).map((e) => [e.epoch, e.train?.total ?? null]) },
+    { name: "validation", color: "#e37400", points: m.map((e) => [e.epoch, e.val?.total ?? null]) },
+  ]);
+  lineChart(document.getElementById("chart-map"), [
+    { name: "val mAP@0.5", color: "#146c2e", points: m.map((e) => [e.epoch, e.val_map ?? null]) },
+  ], { yMin: 0, yMax: 1 });
+  const skipped = job.info?.skipped || [];
+  document.getElementById("job-log").textContent = skipped.length ? skipped.join("\n") : "none";
+}
+
+function fmt(v) { return v === null || v === undefined ? "–" : Number(v).toFixed(4); }
+
+export async function showJob(id) {
+  following?.abort();
+  const ctrl = new AbortController();
+  following = ctrl;
+  const job = await guarded(() => api(`/v1/jobs/${id}`));
+  if (!job || ctrl.signal.aborted) return;
+  renderJob(job);
+  const cancel = document.getElementById("job-cancel");
+  cancel.onclick = () => guarded(async () => { renderJob(await api(`/v1/jobs/${id}`, { method: "DELETE" })); toast("Cancel requested.", "info"); });
+  let last = job.rev;
+  // Reconnect with Last-Event-ID after a drop, as EventSource would.
+  while (!ctrl.signal.aborted) {
+    try {
+      for await (const ev of events(`/v1/jobs/${id}/events`, { signal: ctrl.signal, lastEventId: last })) {
+        if (ev.event === "job") { const j = JSON.parse(ev.data); last = j.rev; renderJob(j); }
+        if (ev.event === "end") return;
+      }
+      return;
+    } catch (e) {
+      if (ctrl.signal.aborted) return;
+      await new Promise((r) => setTimeout(r, 1500));
+    }
+  }
+}
+
+export function leaveJob() { following?.abort(); following = null; }
+
+function jobRequest() {
+  const source = document.getElementById("job-source").value;
+  const ds = document.getElementById("job-dataset").value.trim();
+  const format = document.getElementById("job-format").value;
+  const dataset = source === "shapes" ? { format: "shapes", images: Number(document.getElementById("job-images").value) }
+    : source === "upload" ? { format, dataset_id: ds } : { format, path: ds };
+  return {
+    dataset,
+    epochs: Number(document.getElementById("job-epochs").value),
+    batch_size: Number(document.getElementById("job-batch").value),
+    learning_rate: Number(document.getElementById("job-lr").value),
+    auto_activate: document.getElementById("job-activate").checked,
+  };
+}
+
+export function initJobs() {
+  document.getElementById("job-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    guarded(async () => {
+      const r = await api("/v1/jobs", { method: "POST", json: jobRequest() });
+      toast(`Job ${r.id.slice(0, 8)} queued.`, "info");
+      location.hash = `#job/${r.id}`;
+    });
+  });
+  document.getElementById("upload-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const file = document.getElementById("upload-file").files[0];
+    if (!file) return;
+    const form = new FormData();
+    form.append("file", file, file.name);
+    const fmtSel = document.getElementById("upload-format").value;
+    if (fmtSel) form.append("format", fmtSel);
+    const bar = document.getElementById("upload-progress");
+    bar.hidden = false; bar.value = 0;
+    const out = document.getElementById("upload-result");
+    out.textContent = "Uploading…";
+    guarded(async () => {
+      try {
+        const s = await upload("/v1/datasets", form, (f) => { bar.value = f; });
+        bar.value = 1;
+        out.replaceChildren(el("p", {}, `Data set ${s.id}: ${s.images} images, ${s.boxes} boxes (${s.format}).`),
+          s.skipped.length ? el("pre", {}, s.skipped.join("\n")) : null);
+        document.getElementById("job-source").value = "upload";
+        document.getElementById("job-dataset").value = s.id;
+        document.getElementById("job-format").value = s.format;
+      } catch (err) {
+        out.textContent = "";
+        throw err;
+      }
+    });
+  });
+}

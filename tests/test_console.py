@@ -1,0 +1,350 @@
+"""The console at ``/`` in a real browser (the system's Chromium, driven by Playwright),
+against ``make run``'s stack: scripts/serve.py with its embedded Redis and a worker.
+Screenshots of each page land in ``.pytest_cache/console/``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from model.boxes import cxcywh_to_xyxy
+from model.shapes import make_sample, sample_seed, write_yolo_dataset
+from support.procs import DEFAULT_MODEL, ROOT, free_port
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+KEY = "console-key"
+SHOTS = ROOT / ".pytest_cache" / "console"
+# What the environment page says a headless Chromium here needs: no sandbox as root,
+# and none of the background connections a closed network refuses.
+ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="no Chromium (.ci/run installs Debian's chromium)"
+)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[dict]:
+    base = tmp_path_factory.mktemp("console")
+    data = base / "data"
+    # Classes renamed: the base model knows two of the five, so a short job beats its
+    # baseline and registers a version the page can activate.
+    write_yolo_dataset(str(data / "renamed"), 24, seed=5)
+    (data / "renamed" / "data.yaml").write_text("names: [circle, square, hexagon, blob, ring]\n")
+    port = free_port()
+    env = {
+        **os.environ,
+        "YOLOV1_PORT": str(port),
+        "YOLOV1_MODEL_STORE": str(base / "store"),
+        "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
+        "YOLOV1_DATA_ROOT": str(data),
+        "YOLOV1_EMBEDDED_REDIS_PORT": str(free_port()),
+        "YOLOV1_EMBEDDED_REDIS_DIR": str(base / "redis"),
+        "YOLOV1_API_KEYS": KEY,
+        "YOLOV1_MODEL_POLL_S": "0.3",
+        "YOLOV1_LOG_LEVEL": "warning",
+        "OMP_NUM_THREADS": "1",
+    }
+    env.pop("YOLOV1_REDIS_URL", None)
+    log = open(base / "serve.log", "w+")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "scripts/serve.py"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").json().get("dependencies") == {"redis": "up"}:
+                    break
+            except (httpx.TransportError, ValueError):
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "make run did not start"
+            time.sleep(0.3)
+        yield {"url": url, "base": base}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        log.seek(0)
+        print(log.read()[-3000:])
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, stack):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = ctx.new_page()
+    pg.errors = []
+    pg.outside = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.on("request", lambda r: None if r.url.startswith((stack["url"], "data:", "blob:"))
+          else pg.outside.append(r.url))  # fmt: skip
+    yield pg
+    assert not pg.errors, pg.errors
+    assert not pg.outside, f"the page fetched from elsewhere: {pg.outside}"
+    ctx.close()
+
+
+def _sample(k: int):
+    return make_sample(sample_seed(31337, k))
+
+
+def _image(tmp: Path, k: int) -> tuple[Path, object]:
+    s = _sample(k)
+    path = tmp / f"scene{k}.jpg"
+    path.write_bytes(s.jpeg)
+    return path, s
+
+
+def _boxes(page) -> list[dict]:
+    return page.eval_on_selector_all(
+        "#results article:first-child g.box",
+        """gs => gs.map(g => { const r = g.querySelector('rect').getBoundingClientRect();
+              return {cls: g.dataset.class, conf: +g.dataset.confidence,
+                      x1: +g.dataset.x1, y1: +g.dataset.y1, x2: +g.dataset.x2, y2: +g.dataset.y2,
+                      left: r.left, top: r.top, right: r.right, bottom: r.bottom}; })""",
+    )
+
+
+def _answer_key_dialog(page) -> None:
+    page.wait_for_selector("#key-dialog[open]")
+    page.fill("#key-input", KEY)
+    page.click("#key-dialog button[value=ok]")
+
+
+def test_detect_draws_what_the_api_finds_and_filters_on_the_page(page, stack, tmp_path):
+    path, sample = _image(tmp_path, 2)
+    page.goto(stack["url"] + "/")
+    page.wait_for_selector("#serving[data-version]")
+    page.screenshot(path=SHOTS / "detect-empty.png")
+    page.set_input_files("#image-input", str(path))
+    page.wait_for_selector("#results article")
+    drawn = _boxes(page)
+    api = httpx.post(f"{stack['url']}/v1/detect", files={"image": ("a.jpg", sample.jpeg)},
+                     params={"conf_threshold": 0.2, "iou_threshold": 0.5}).json()  # fmt: skip
+    want = api["detections"]
+    assert len(drawn) == len(want) >= 2
+    # The same boxes as the API's own threshold and NMS, in the same places.
+    W, H = api["image"]["width"], api["image"]["height"]
+    img = page.eval_on_selector(
+        "#results article:first-child img", "i => i.getBoundingClientRect().toJSON()"
+    )
+    sx, sy = img["width"] / W, img["height"] / H
+    for d, w in zip(drawn, want, strict=True):
+        b = w["box"]
+        assert d["cls"] == w["class_name"]
+        assert abs(d["x1"] - b["x1"]) < 0.2 and abs(d["y2"] - b["y2"]) < 0.2
+        # on the screen: where the image shows those pixels, within 2 px
+        assert abs(d["left"] - (img["x"] + b["x1"] * sx)) <= 2
+        assert abs(d["top"] - (img["y"] + b["y1"] * sy)) <= 2
+        assert abs(d["right"] - (img["x"] + b["x2"] * sx)) <= 2
+        assert abs(d["bottom"] - (img["y"] + b["y2"] * sy)) <= 2
+    # ... and on the objects that are there
+    truth = cxcywh_to_xyxy(sample.labels[:, 1:]) * [W, H, W, H]
+    for d in drawn:
+        box = np.array([d["x1"], d["y1"], d["x2"], d["y2"]])
+        lt, rb = np.maximum(truth[:, :2], box[:2]), np.minimum(truth[:, 2:], box[2:])
+        inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+        union = np.prod(box[2:] - box[:2]) + np.prod(truth[:, 2:] - truth[:, :2], axis=1) - inter
+        assert (inter / union).max() > 0.4, d
+    text = page.inner_text("#results article:first-child")
+    assert f"{api['model']['name']} v{api['model']['version']}" in text and "inference" in text
+    page.screenshot(path=SHOTS / "detect.png", full_page=True)
+    # The slider filters on the page: no new request, boxes under it disappear.
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url) if "/v1/detect" in r.url else None)
+    top = max(d["conf"] for d in drawn)
+    page.fill("#conf", f"{min(top + 0.01, 1):.2f}")
+    assert len(_boxes(page)) == 0
+    page.fill("#conf", "0.2")
+    assert len(_boxes(page)) == len(drawn)
+    first = drawn[0]["cls"]
+    page.uncheck(f"#class-filter input[data-class={first}]")
+    assert all(b["cls"] != first for b in _boxes(page))
+    page.check(f"#class-filter input[data-class={first}]")
+    assert not requests
+    # A file that is not an image: the API's own message, shown.
+    bad = tmp_path / "notes.jpg"
+    bad.write_bytes(b"these are notes, not a picture")
+    page.set_input_files("#image-input", str(bad))
+    page.wait_for_selector("#toast:not([hidden])")
+    assert "image" in page.inner_text("#toast").lower()
+
+
+def test_score_example_and_the_loop_from_a_drawn_box(page, stack, tmp_path):
+    path, sample = _image(tmp_path, 3)
+    page.goto(stack["url"] + "/#score")
+    page.click("#score-example")
+    page.click("#score-run")
+    page.wait_for_selector("#score-total")
+    assert float(page.inner_text("#score-total")) > 0
+    assert page.locator("#score-per-image tbody tr").count() == 1
+    page.screenshot(path=SHOTS / "score.png", full_page=True)
+    # Draw the first object on the detect image, score the raw grid against it.
+    page.goto(stack["url"] + "/#detect")
+    page.set_input_files("#image-input", str(path))
+    page.wait_for_selector("#results article")
+    page.check("#draw-0")
+    svg = page.eval_on_selector(
+        "#results article:first-child svg", "s => s.getBoundingClientRect().toJSON()"
+    )
+    k, cx, cy, w, h = sample.labels[0]
+    page.select_option("#draw-class-0", str(int(k)))
+    x1, y1 = svg["x"] + (cx - w / 2) * svg["width"], svg["y"] + (cy - h / 2) * svg["height"]
+    x2, y2 = svg["x"] + (cx + w / 2) * svg["width"], svg["y"] + (cy + h / 2) * svg["height"]
+    page.mouse.move(x1, y1)
+    page.mouse.down()
+    page.mouse.move((x1 + x2) / 2, (y1 + y2) / 2)
+    page.mouse.move(x2, y2)
+    page.mouse.up()
+    assert page.locator("#results article:first-child g.truth").count() == 1
+    page.click("#results article:first-child button.score-drawn")
+    page.wait_for_url("**/#score")
+    page.wait_for_selector("#score-result :text('against the 1 box')")
+    loss = float(page.inner_text("#score-total"))
+    # The same request by hand gives the same loss.
+    raw = httpx.post(f"{stack['url']}/v1/detect", params={"include_raw": True},
+                     files={"image": ("a.jpg", sample.jpeg)}).json()["raw"]  # fmt: skip
+    label = [{"class_id": int(k), "box": [float(cx), float(cy), float(w), float(h)]}]
+    ref = httpx.post(
+        f"{stack['url']}/v1/loss", json={"predictions": [raw], "labels": [label]}
+    ).json()
+    assert loss == pytest.approx(ref["loss"], rel=0.05)
+
+
+def test_jobs_from_the_page_curves_activation_and_cancel(page, browser, stack):
+    page.goto(stack["url"] + "/#jobs")
+    page.select_option("#job-source", "path")
+    page.fill("#job-dataset", "renamed")
+    page.fill("#job-epochs", "2")
+    page.fill("#job-batch", "8")
+    page.click("#job-form button[type=submit]")
+    _answer_key_dialog(page)  # 401: the page asks for the key once, then retries
+    page.wait_for_url("**/#job/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector("#job-status[data-status=running], #job-status[data-status=succeeded]",
+                           timeout=60_000)  # fmt: skip
+    page.screenshot(path=SHOTS / "job-running.png", full_page=True)
+    page.wait_for_selector("#job-status[data-status=succeeded]", timeout=120_000)
+    assert page.get_attribute("#chart-map polyline", "data-points") == "3"  # epochs 0, 1, 2
+    assert page.get_attribute("#chart-loss polyline[data-series=train]", "data-points") == "2"
+    assert "registered" in page.inner_text("#job-outcome")
+    page.screenshot(path=SHOTS / "job.png", full_page=True)
+    page.reload()  # the page keeps nothing of its own: a reload shows the same
+    page.wait_for_selector("#job-status[data-status=succeeded]")
+    assert page.get_attribute("#chart-map polyline", "data-points") == "3"
+    job = httpx.get(f"{stack['url']}/v1/jobs/{job_id}").json()
+    version = job["model_version"]
+    assert version == 2 and job["result"]["activated"] is False
+
+    # A second browser watches while the first activates the new version.
+    other = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+    other.goto(stack["url"] + "/#models")
+    other.wait_for_selector("#serving[data-version='1']")
+    page.goto(stack["url"] + "/#models")
+    page.wait_for_selector(f"#models-table tr[data-version='{version}'] button")
+    page.screenshot(path=SHOTS / "models.png", full_page=True)
+    page.click(f"#models-table tr[data-version='{version}'] button")
+    t0 = time.monotonic()
+    other.wait_for_selector(f"#serving[data-version='{version}']", timeout=5000)
+    assert time.monotonic() - t0 < 2.5
+    other.screenshot(path=SHOTS / "models-390px.png", full_page=True)
+    assert other.evaluate("document.documentElement.scrollWidth") <= 391
+    # Detection now answers with the new version.
+    page.goto(stack["url"] + "/#detect")
+    page.set_input_files("#image-input", str(_write(stack["base"], 4)))
+    page.wait_for_selector(f"#results .answered-by:text('v{version}')")
+    # Roll back in one click.
+    page.goto(stack["url"] + "/#models")
+    page.click("#models-table button:text('Roll back to v1')")
+    other.wait_for_selector("#serving[data-version='1']", timeout=5000)
+
+    # A long job, cancelled from its page.
+    page.goto(stack["url"] + "/#jobs")
+    page.select_option("#job-source", "shapes")
+    page.fill("#job-images", "48")
+    page.fill("#job-epochs", "200")
+    page.click("#job-form button[type=submit]")
+    page.wait_for_url("**/#job/*")
+    page.wait_for_selector("#job-status[data-status=running]", timeout=60_000)
+    page.click("#job-cancel")
+    page.wait_for_selector("#job-status[data-status=cancelled]", timeout=30_000)
+    page.goto(stack["url"] + "/#jobs")
+    page.wait_for_selector("#jobs-table td.status-cancelled")
+    page.screenshot(path=SHOTS / "jobs.png", full_page=True)
+    other.close()
+
+
+def _write(base: Path, k: int) -> Path:
+    path = base / f"scene{k}.jpg"
+    path.write_bytes(_sample(k).jpeg)
+    return path
+
+
+def test_docs_render_offline_and_the_page_works_by_keyboard_at_390px(browser, stack):
+    ctx = browser.new_context(viewport={"width": 390, "height": 844})
+    pg = ctx.new_page()
+    outside: list[str] = []
+    pg.on("request", lambda r: None if r.url.startswith((stack["url"], "blob:", "data:"))
+          else outside.append(r.url))  # fmt: skip
+    pg.goto(stack["url"] + "/docs")
+    pg.wait_for_selector(".opblock", timeout=15_000)
+    listed = pg.inner_text("#swagger-ui")
+    for route in (
+        "/v1/detect",
+        "/v1/loss",
+        "/v1/jobs",
+        "/v2/models/{name}/infer",
+        "/labelstudio/predict",
+    ):
+        assert route in listed, route
+    pg.screenshot(path=SHOTS / "docs.png")
+    pg.goto(stack["url"] + "/redoc")
+    pg.wait_for_selector("text='/v1/detect'", timeout=15_000)
+    # ReDoc's bundle links the Redocly logo of its footer from their CDN: a decorative
+    # image that fails offline while the page renders whole. Nothing else may leave.
+    assert [u for u in outside if not u.startswith("https://cdn.redoc.ly/redoc/logo")] == []
+    pg.goto(stack["url"] + "/")
+    pg.wait_for_selector("#serving[data-version]")
+    assert pg.evaluate("document.documentElement.scrollWidth") <= 391
+    pg.screenshot(path=SHOTS / "detect-390px.png", full_page=True)
+    # Tab from the top reaches the skip link, the sections, then the drop zone; Enter on
+    # it opens the file chooser.
+    seen = []
+    for _ in range(12):
+        pg.keyboard.press("Tab")
+        seen.append(
+            pg.evaluate("document.activeElement.id || document.activeElement.textContent.trim()")
+        )
+        if seen[-1] == "drop":
+            break
+    assert "Jobs" in seen and "Models" in seen and seen[-1] == "drop", seen
+    with pg.expect_file_chooser() as chooser:
+        pg.keyboard.press("Enter")
+    assert chooser.value.is_multiple()
+    for control in ("conf", "iou"):
+        assert pg.eval_on_selector(f"label[for={control}]", "l => l.textContent.length") > 0
+    ctx.close()
