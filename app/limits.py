@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -16,6 +16,17 @@ def _message(limit: int) -> str:
         f"the request body exceeds {limit} bytes (YOLOV1_MAX_UPLOAD_MB for images and "
         "scoring, YOLOV1_MAX_DATASET_UPLOAD_MB for data sets, YOLOV1_MAX_JSON_BYTES else)"
     )
+
+
+async def read_capped(chunks: AsyncIterable[bytes], limit: int, too_large: Exception) -> bytes:
+    """All of a stream of bytes, raising ``too_large`` as soon as it passes ``limit``."""
+    out, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        out.append(chunk)
+    return b"".join(out)
 
 
 class BodyTooLarge(HTTPException):

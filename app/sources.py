@@ -18,6 +18,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from app.errors import InputError
+from app.limits import read_capped
 
 DATA_URL = re.compile(r"^data:([\w/+.-]*)((?:;[\w=.-]+)*?)(;base64)?,", re.IGNORECASE)
 
@@ -109,13 +110,8 @@ async def fetch_image(
                     length = r.headers.get("content-length", "")
                     if length.isdigit() and int(length) > limit:
                         raise InputError(413, f"{where}: the image exceeds {limit} bytes")
-                    chunks, size = [], 0
-                    async for chunk in r.aiter_bytes():
-                        size += len(chunk)
-                        if size > limit:
-                            raise InputError(413, f"{where}: the image exceeds {limit} bytes")
-                        chunks.append(chunk)
-                    return b"".join(chunks)
+                    too_large = InputError(413, f"{where}: the image exceeds {limit} bytes")
+                    return await read_capped(r.aiter_bytes(), limit, too_large)
             raise InputError(422, f"{where}: more than {max_redirects} redirects")
     except (TimeoutError, httpx.TimeoutException) as exc:
         raise InputError(422, f"{where}: no image within {timeout_s} s") from exc

@@ -96,3 +96,50 @@ class Worker(Process):
         for pid in kids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+class MakeRun(Process):
+    """``make run``'s supervisor (scripts/serve.py): the API, a worker and an embedded
+    Redis of its own under ``base``, on a free port."""
+
+    def __init__(self, base: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            "YOLOV1_PORT": str(self.port),
+            "YOLOV1_MODEL_STORE": str(base / "store"),
+            "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
+            "YOLOV1_EMBEDDED_REDIS_PORT": str(free_port()),
+            "YOLOV1_EMBEDDED_REDIS_DIR": str(base / "redis"),
+            "YOLOV1_REDIS_URL": "",  # its own Redis, whatever the caller's environment says
+            "YOLOV1_LOG_LEVEL": "warning",
+            "OMP_NUM_THREADS": "1",
+            **(env or {}),
+        }
+        super().__init__([sys.executable, "scripts/serve.py"], env, f"make-run-{self.port}")
+
+    def up(self) -> bool:
+        """The API answers, and its Redis with it."""
+        try:
+            return httpx.get(f"{self.url}/readyz").json().get("dependencies") == {"redis": "up"}
+        except (httpx.TransportError, ValueError):
+            return False
+
+    def wait_up(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.up():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"make run did not come up: {self.output()}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        # SIGTERM: the supervisor stops its children itself.
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        print(self.output()[-3000:])
+        self.log.close()

@@ -4,11 +4,7 @@ Screenshots of each page land in ``.pytest_cache/console/``."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -20,7 +16,7 @@ import pytest
 
 from model.boxes import cxcywh_to_xyxy
 from model.shapes import make_sample, sample_seed, write_yolo_dataset
-from support.procs import DEFAULT_MODEL, ROOT, free_port
+from support.procs import ROOT, MakeRun
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 KEY = "console-key"
@@ -45,42 +41,13 @@ def stack(tmp_path_factory) -> Iterator[dict]:
     # baseline and registers a version the page can activate.
     write_yolo_dataset(str(data / "renamed"), 24, seed=5)
     (data / "renamed" / "data.yaml").write_text("names: [circle, square, hexagon, blob, ring]\n")
-    port = free_port()
-    env = {
-        **os.environ,
-        "YOLOV1_PORT": str(port),
-        "YOLOV1_MODEL_STORE": str(base / "store"),
-        "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
-        "YOLOV1_DATA_ROOT": str(data),
-        "YOLOV1_EMBEDDED_REDIS_PORT": str(free_port()),
-        "YOLOV1_EMBEDDED_REDIS_DIR": str(base / "redis"),
-        "YOLOV1_API_KEYS": KEY,
-        "YOLOV1_MODEL_POLL_S": "0.3",
-        "YOLOV1_LOG_LEVEL": "warning",
-        "OMP_NUM_THREADS": "1",
-    }
-    env.pop("YOLOV1_REDIS_URL", None)
-    log = open(base / "serve.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "scripts/serve.py"], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    run = MakeRun(base, {"YOLOV1_DATA_ROOT": str(data), "YOLOV1_API_KEYS": KEY,
+                         "YOLOV1_MODEL_POLL_S": "0.3"})  # fmt: skip
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").json().get("dependencies") == {"redis": "up"}:
-                    break
-            except (httpx.TransportError, ValueError):
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, "make run did not start"
-            time.sleep(0.3)
-        yield {"url": url, "base": base}
+        run.wait_up()
+        yield {"url": run.url, "base": base}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-        log.seek(0)
-        print(log.read()[-3000:])
-        log.close()
+        run.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from starlette.formparsers import MultiPartException
 
 from app.detection import Detected, check_request_pixels, class_filter, detect_image
 from app.errors import validation_error
+from app.limits import read_capped
 from app.schemas import (
     Box,
     CocoDetection,
@@ -69,13 +70,8 @@ OPENAPI_BODY = {
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"upload exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    too_large = HTTPException(413, f"upload exceeds the limit of {limit} bytes")
+    return await read_capped(request.stream(), limit, too_large)
 
 
 @dataclass
