@@ -42,13 +42,15 @@ function renderJob(job) {
   const p = job.progress || {};
   document.getElementById("job-title").textContent = `Job ${job.id.slice(0, 8)}`;
   const status = document.getElementById("job-status");
-  status.textContent = job.status + (job.status === "running" && p.epoch ? ` (epoch ${p.epoch} of ${p.epochs})` : "");
+  const started = job.status === "running" && p.step > 0;
+  status.textContent = job.status + (started ? ` (epoch ${p.epoch} of ${p.epochs})`
+    : job.status === "running" ? " (reading the data, scoring the base model)" : "");
   status.className = `status-${job.status}`;
   status.dataset.status = job.status;
   const frac = percent(job);
   document.getElementById("job-progress").value = frac;
   document.getElementById("job-progress-text").textContent = `${Math.round(frac * 100)}%`;
-  document.getElementById("job-eta").textContent = job.status === "running" && p.eta_s !== undefined ? `${Math.round(p.eta_s)} s` : "–";
+  document.getElementById("job-eta").textContent = started && p.eta_s !== undefined ? `${Math.round(p.eta_s)} s` : "–";
   document.getElementById("job-speed").textContent = p.images_per_s ? `${p.images_per_s.toFixed(1)} images/s` : "–";
   const r = job.result;
   document.getElementById("job-outcome").textContent = job.error ? `Failed: ${job.error}` :
