@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= train,api,worker,cpu,dev
 
-.PHONY: install test run run-api bench soak model lint clean
+.PHONY: install test run run-api bench soak model lint clean containers
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,7 @@ bench: $(STAMP)
 	cd bench && ../$(BIN)/python bench_loss.py
 	cd bench && ../$(BIN)/python bench_infer.py
 	cd bench && ../$(BIN)/python bench_api.py
+	cd bench && ../$(BIN)/python bench_protocols.py
 	cd bench && ../$(BIN)/python bench_train.py
 	cd bench && ../$(BIN)/python bench_worker.py
 	cd bench && ../$(BIN)/python bench_finetune.py
@@ -54,6 +55,11 @@ model: $(STAMP)
 	$(BIN)/yolov1 export runs/default/best.pt models/default/model.onnx \
 		--slim-checkpoint models/default/model.pt
 	$(BIN)/yolov1 val models/default/model.onnx --data shapes --images 500
+
+# Build the images, run the compose stack on host networking, check it, tear it down
+# (needs dockerd and docker-compose; no registry: see README "Containers"). Not a test.
+containers: $(STAMP)
+	$(BIN)/python scripts/containers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,5 +1,6 @@
-"""No Docker engine runs here: check that docker-compose.yml and the Dockerfile agree
-with each other and with the code (targets, commands, environment variables)."""
+"""docker-compose.yml, its local override and the Dockerfile agree with each other and
+with the code (targets, commands, environment variables). Building and running them
+needs a Docker engine: ``make containers`` does that, outside the test suite."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def test_build_targets_exist():
 
 
 def test_environment_variables_are_settings():
-    for name, svc in COMPOSE["services"].items():
+    local = yaml.safe_load((ROOT / "docker-compose.local.yml").read_text())
+    for name, svc in [*COMPOSE["services"].items(), *local["services"].items()]:
         for var in svc.get("environment", {}):
             assert var in KNOWN_ENV, f"{name}: {var} is not a setting"
     for var in re.findall(r"\b(YOLOV1_[A-Z_]+)=", DOCKERFILE):
@@ -41,7 +43,7 @@ def test_commands_point_at_real_modules():
     assert "worker.celery_app" in DOCKERFILE and (ROOT / "worker" / "celery_app.py").exists()
     from worker.celery_app import QUEUE
 
-    assert f'"-Q", "{QUEUE}"' in DOCKERFILE
+    assert f"-Q {QUEUE}" in DOCKERFILE
 
 
 def test_api_image_has_no_torch_and_worker_has_it():
@@ -53,6 +55,15 @@ def test_api_image_has_no_torch_and_worker_has_it():
     assert ".[api,worker,gpu]" in by_target["api-gpu"]
     for t in ("worker", "worker-gpu"):
         assert "torch==2.13.0" in by_target[t]
+
+
+def test_ports_are_published_by_default_and_not_on_host_networking():
+    default = yaml.safe_load((ROOT / "docker-compose.override.yml").read_text())["services"]
+    assert default["api"]["ports"] == ["8000:8000"]
+    local = yaml.safe_load((ROOT / "docker-compose.local.yml").read_text())["services"]
+    for name, svc in local.items():
+        assert svc["network_mode"] == "host", name
+        assert "ports" not in svc and "ports" not in COMPOSE["services"][name], name
 
 
 def test_services_scale_persist_and_share_volumes():

@@ -54,13 +54,24 @@ def best_effort(fn: Callable[[], T], default: T) -> T:
         return default
 
 
+def _host() -> str:
+    """This process's machine as far as its pids go: the host name, and the pid
+    namespace, since containers on host networking share one host name while each
+    counts pids from 1."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{ns}"
+
+
 def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{_host()}:{os.getpid()}"
 
 
 def _owner_is_dead(owner: str) -> bool:
-    host, _, pid = owner.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    host, _, pid = owner.rpartition(":")
+    if host != _host() or not pid.isdigit():
         return False  # another machine's process: wait for its lock to expire
     try:
         os.kill(int(pid), 0)
