@@ -138,8 +138,11 @@ def wheel_server():
     if not any(folder.glob("torch-*.whl")):
         yield ""
         return
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
     # A fixed port: the URL is a build argument, and a new one would void the build cache.
     port = int(os.environ.get("TORCH_WHEELS_PORT", "18099"))
     socketserver.TCPServer.allow_reuse_address = True
