@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 
 import httpx
 import numpy as np
@@ -29,6 +30,7 @@ def jpeg_640x480() -> bytes:
 
 def main() -> None:
     setup_logging()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     import tritonclient.http as triton
 
     data = jpeg_640x480()
