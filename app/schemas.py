@@ -176,6 +176,12 @@ class ModelInfo(BaseModel):
     grid: Grid
     classes: list[str]
     layout: str
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="int8: the version's verified int8 variant serves (YOLOV1_PRECISION)"
+    )
+    quantization: dict[str, Any] | None = Field(
+        None, description="how the int8 variant was made and what both scored"
+    )
     training_metrics: dict[str, Any] = {}
     best_val_map50: float | None = None
     warmup_ms: dict[int, float] = {}

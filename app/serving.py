@@ -23,6 +23,7 @@ class ServedModel:
     name: str
     version: int
     path: Path
+    precision: str = "fp32"
     loaded_at: float = field(default_factory=time.time)
     warmup_ms: dict[int, float] = field(default_factory=dict)
 
@@ -41,6 +42,8 @@ class ServedModel:
             "version": self.version,
             "provider": self.detector.provider,
             "path": str(self.path),
+            "precision": self.precision,
+            "quantization": meta.get("quantization"),
             "architecture": cfg.arch,
             "input_size": cfg.input_size,
             "grid": {"S": cfg.S, "B": cfg.B, "C": cfg.C},
@@ -60,13 +63,16 @@ def load_served_model(
     providers: list[str] | None = None,
     intra_op_threads: int | None = None,
     warmup_batch_sizes: list[int] = (1,),
+    precision: str = "fp32",
 ) -> ServedModel:
     """Build the session and run it once per served batch size before it takes traffic.
 
     Raises ``ValueError`` (or ONNX Runtime's error) for a corrupt or mismatching model.
     """
     det = OnnxDetector(path, providers=providers, intra_op_threads=intra_op_threads, spin=False)
-    served = ServedModel(det, name or det.metadata.get("name", path.parent.name), version, path)
+    served = ServedModel(
+        det, name or det.metadata.get("name", path.parent.name), version, path, precision
+    )
     size = det.cfg.input_size
     for n in sorted(set(warmup_batch_sizes)):
         t0 = time.perf_counter()
@@ -133,12 +139,22 @@ class ModelManager:
         self._others_lock = asyncio.Lock()
 
     def _load(self, version: int) -> ServedModel:
+        from model.quantize import int8_path
+
         s = self.settings
         if self.store is None:
             path, name = s.model_path, None
+            int8 = int8_path(path)
         else:
             meta = self.store.verify(version)  # RegistryError for missing or corrupt files
             path, name = self.store.onnx_path(version), meta.get("name")
+            int8 = self.store.onnx_path(version, "int8")
+        precision = "fp32"
+        if s.precision == "int8":
+            if int8.exists():
+                path, precision = int8, "int8"
+            else:
+                log.warning("version %d has no int8 variant: serving its fp32 model", version)
         return load_served_model(
             path,
             version=version,
@@ -147,6 +163,7 @@ class ModelManager:
             intra_op_threads=s.intra_op_threads,
             # every batch size the batcher can form, so no request meets a cold shape
             warmup_batch_sizes=[*s.warmup_batch_sizes, *range(1, s.batch_max + 1)],
+            precision=precision,
         )
 
     def versions(self) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     # The ONNX model served when no model store holds an active version.
     model_path: Path = ROOT / "models" / "default" / "model.onnx"
+    # "int8": serve a version's verified int8 variant (yolov1 quantize) where it has
+    # one, else its fp32 model (said in the log and in /v1/models).
+    precision: Literal["fp32", "int8"] = "fp32"
     # ONNX Runtime execution providers, in order of preference; empty: CUDA if
     # this build has it, then CPU.
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -144,6 +144,44 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.slim_checkpoint:
         slim_checkpoint(args.checkpoint, args.slim_checkpoint)
     print(f"wrote {args.out} (max |onnx - torch| {meta['export']['max_abs_diff_vs_torch']:.2e})")
+    if args.int8:
+        args.model, args.out = args.out, None
+        cmd_quantize(args)
+
+
+def _dataset(spec: str, fmt: str, n: int, seed: int):
+    """'shapes' (n generated images of ``seed``) or a data set folder."""
+    from model.data import read_dataset, shapes_dataset
+
+    return shapes_dataset(n, seed) if spec == "shapes" else read_dataset(spec, fmt)
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from model.data import load_image
+    from model.infer import OnnxDetector
+    from model.quantize import QuantizationError, quantize_int8
+
+    det = OnnxDetector(args.model)
+    calib = _dataset(args.calib, args.format, args.calib_images, DATA_SEED_TRAIN)
+    recs = calib.records[: args.calib_images]
+    images = np.stack([det.preprocess(load_image(r)) for r in recs])
+    held_out = _dataset(args.val, args.format, args.val_images, DATA_SEED_TEST)
+    try:
+        q = quantize_int8(
+            args.model,
+            images,
+            lambda path: evaluate_onnx(str(path), held_out).map,
+            out=args.out,
+            max_map_drop=args.max_map_drop,
+        )
+    except QuantizationError as exc:
+        raise SystemExit(f"quantization refused: {exc}") from None
+    print(
+        f"wrote {q.path}: mAP@0.5 int8 {q.int8_map50:.4f} vs fp32 {q.fp32_map50:.4f} "
+        f"on {len(held_out)} held-out images ({q.calibration_images} calibration images)"
+    )
 
 
 def cmd_detect(args: argparse.Namespace) -> None:
@@ -232,6 +270,17 @@ def cmd_make_shapes(args: argparse.Namespace) -> None:
     print(json.dumps({"out": args.out, "images": args.images, "seed": args.seed}))
 
 
+def _quantize_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--calib", default="shapes", help="calibration images: 'shapes' or a folder")
+    s.add_argument("--calib-images", type=int, default=64)
+    s.add_argument(
+        "--val", default="shapes", help="held-out data for the check: 'shapes' or a folder"
+    )
+    s.add_argument("--val-images", type=int, default=300, help="shapes only")
+    s.add_argument("--format", choices=["yolo", "voc", "coco"], default="yolo")
+    s.add_argument("--max-map-drop", type=float, default=0.01, help="refuse if int8 loses more")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="yolov1", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -267,7 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint")
     s.add_argument("out")
     s.add_argument("--slim-checkpoint", help="also write weights+config only to this path")
+    s.add_argument("--int8", action="store_true", help="also write the verified int8 variant")
+    _quantize_options(s)
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("quantize", help="ONNX -> verified static int8 ONNX beside it")
+    s.add_argument("model")
+    s.add_argument("--out", help="default: MODEL with .int8.onnx")
+    _quantize_options(s)
+    s.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("detect", help="detect objects in an image")
     s.add_argument("model")

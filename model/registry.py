@@ -6,6 +6,7 @@ Layout::
       versions/<n>/model.onnx   the exported model
       versions/<n>/model.json   its sidecar metadata (config, export check)
       versions/<n>/model.pt     the checkpoint (weights and configs) to fine-tune from
+      versions/<n>/model.int8.onnx, model.int8.json   the int8 variant, where made
       versions/<n>/meta.json    version, name, parent, data set, hyperparameters,
                                 metrics, created time, SHA-256 of each file
       active                    the active version number
@@ -25,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-FILES = ("model.onnx", "model.json", "model.pt")
+FILES = ("model.onnx", "model.json", "model.pt", "model.int8.onnx", "model.int8.json")
 # The store `make run` and the worker use unless YOLOV1_MODEL_STORE says otherwise.
 DEFAULT_STORE = Path(__file__).resolve().parents[1] / "registry"
 
@@ -54,8 +55,9 @@ class ModelStore:
     def path(self, version: int) -> Path:
         return self.versions_dir / str(version)
 
-    def onnx_path(self, version: int) -> Path:
-        return self.path(version) / "model.onnx"
+    def onnx_path(self, version: int, precision: str = "fp32") -> Path:
+        """The version's model; ``precision="int8"`` its int8 variant (which may not exist)."""
+        return self.path(version) / ("model.int8.onnx" if precision == "int8" else "model.onnx")
 
     def checkpoint_path(self, version: int) -> Path:
         return self.path(version) / "model.pt"
@@ -142,9 +144,13 @@ class ModelStore:
         """Register the shipped default model as version 1 when the store is empty."""
         if not self.versions():
             files = {"model.onnx": default_onnx, "model.json": default_onnx.with_suffix(".json")}
-            ckpt = default_onnx.with_suffix(".pt")
-            if ckpt.exists():
-                files["model.pt"] = ckpt
+            for name, src in (
+                ("model.pt", default_onnx.with_suffix(".pt")),
+                ("model.int8.onnx", default_onnx.with_name("model.int8.onnx")),
+                ("model.int8.json", default_onnx.with_name("model.int8.json")),
+            ):
+                if src.exists():
+                    files[name] = src
             self.register(
                 files, {"name": "default", "parent": None, "source": "shipped default model"}
             )
