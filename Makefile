@@ -54,6 +54,7 @@ model: $(STAMP)
 	$(BIN)/yolov1 train --data shapes --preset default --out runs/default
 	$(BIN)/yolov1 export runs/default/best.pt models/default/model.onnx \
 		--slim-checkpoint models/default/model.pt
+	$(BIN)/yolov1 quantize models/default/model.onnx
 	$(BIN)/yolov1 val models/default/model.onnx --data shapes --images 500
 
 # Build the images, run the compose stack on host networking, check it, tear it down

@@ -256,6 +256,11 @@ class JobRequest(BaseModel):
         description="activate the new version if its validation mAP beats the base "
         "model's on the same validation split",
     )
+    int8: bool = Field(
+        False,
+        description="also register an int8 variant, calibrated on the training images and "
+        "kept only if it loses at most 0.01 mAP@0.5 on the validation split",
+    )
 
 
 class JobProgress(BaseModel):

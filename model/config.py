@@ -140,4 +140,5 @@ class JobSpec:
     image_size: int | None = None  # None: the base model's input size
     val_fraction: float = 0.2
     auto_activate: bool = False
+    int8: bool = False  # also register a verified int8 variant (model.quantize)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**FINETUNE.to_dict()))

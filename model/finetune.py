@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from model.config import JobSpec, ModelConfig
@@ -19,6 +20,7 @@ from model.data import (
     split_dataset,
     to_arrays,
 )
+from model.evaluate import evaluate_grids
 from model.export import export_onnx, slim_checkpoint
 from model.networks import build_model
 from model.registry import ModelStore
@@ -139,6 +141,9 @@ def register_version(
     export_onnx(result.best_checkpoint, run_dir / "model.onnx", real_images=data.val_images[:4])
     slim_checkpoint(result.best_checkpoint, run_dir / "model.pt")
     files = {n: run_dir / n for n in ("model.onnx", "model.json", "model.pt")}
+    int8_note = quantize_version(run_dir, data) if spec.int8 else None
+    if int8_note is None and spec.int8:
+        files.update({n: run_dir / n for n in ("model.int8.onnx", "model.int8.json")})
     meta = {
         "name": f"finetune-{run_dir.name}",
         "parent": spec.base_version,
@@ -156,8 +161,31 @@ def register_version(
             "history": [asdict(h) for h in result.history],
         },
         "head_rebuilt": rebuilt,
+        "int8": int8_note or ("registered" if spec.int8 else "not asked for"),
     }
     return store.register(files, meta)
+
+
+def quantize_version(run_dir: Path, data: Data) -> str | None:
+    """The int8 variant of ``run_dir/model.onnx``, calibrated on training images and
+    checked on the validation split; None when written, else why not."""
+    from model.infer import OnnxDetector
+    from model.quantize import QuantizationError, quantize_int8
+
+    def val_map(path: Path) -> float:
+        det = OnnxDetector(path)
+        grids = np.concatenate(
+            [det.run(data.val_images[i : i + 32]) for i in range(0, len(data.val_images), 32)]
+        )
+        c = det.cfg
+        return evaluate_grids(grids, data.val_labels, data.val_difficult, S=c.S, B=c.B, C=c.C).map
+
+    try:
+        quantize_int8(run_dir / "model.onnx", data.train_images[:64], val_map)
+    except QuantizationError as exc:
+        log.warning("no int8 variant: %s", exc)
+        return f"not registered: {exc}"
+    return None
 
 
 def run_finetune(

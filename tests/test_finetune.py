@@ -73,6 +73,7 @@ def test_run_finetune_registers_a_version_with_a_rebuilt_head(tmp_path):
         dataset_format="yolo",
         dataset_path=data,
         val_fraction=0.25,
+        int8=True,
         train=TrainConfig(**{**FINETUNE.to_dict(), "epochs": 3, "batch_size": 4, "augment": False}),
     )
     seen = []
@@ -88,6 +89,14 @@ def test_run_finetune_registers_a_version_with_a_rebuilt_head(tmp_path):
     side = json.loads((store.path(2) / "model.json").read_text())
     assert side["model_config"]["class_names"] == ["circle", "square", "hexagon", "blob", "ring"]
     assert any("epoch_metrics" in p for p in seen)
+    # int8 asked for: registered beside the fp32 model, or refused with the figures.
+    if meta["int8"] == "registered":
+        assert {"model.int8.onnx", "model.int8.json"} <= set(meta["sha256"])
+        q = json.loads((store.path(2) / "model.int8.json").read_text())["quantization"]
+        assert q["fp32_map50"] - q["int8_map50"] <= 0.01
+    else:
+        assert meta["int8"].startswith("not registered: int8 mAP@0.5")
+        assert not store.onnx_path(2, "int8").exists()
 
 
 def test_prune_keeps_the_newest_the_active_and_its_parent(tmp_path):
