@@ -11,6 +11,7 @@ import pytest
 
 from app.batching import MicroBatcher
 from app.serving import ModelHolder, ModelManager, load_served_model
+from app.settings import Settings
 from model.registry import ModelStore
 from support.procs import DEFAULT_MODEL
 
@@ -66,7 +67,7 @@ def test_run_alone_returns_named_parts(served):
 
 
 def _settings(store_root):
-    return SimpleNamespace(
+    return Settings(
         model_store=store_root,
         model_path=DEFAULT_MODEL,
         providers=[],
