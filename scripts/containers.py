@@ -138,6 +138,7 @@ def wheel_server():
     if not any(folder.glob("torch-*.whl")):
         yield ""
         return
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
             pass
@@ -196,39 +197,20 @@ def size_mb(image: str) -> float:
     )
 
 
+def run_in(image: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
+    """A command in a throwaway container of ``image``, with no network at all."""
+    return sh("docker", "run", "--rm", "--network", "none", image, *cmd, quiet=True, **kw)
+
+
 @step("images: no torch in api, torch (CPU) in worker, neither runs as root")
 def check_images() -> None:
-    r = sh(
-        "docker",
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        IMAGES["api"],
-        "python",
-        "-c",
-        "import torch",
-        check=False,
-        quiet=True,
-    )
+    r = run_in(IMAGES["api"], "python", "-c", "import torch", check=False)
     assert r.returncode != 0 and "No module named 'torch'" in r.stderr, r.stderr
-    r = sh(
-        "docker",
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        IMAGES["worker"],
-        "python",
-        "-c",
-        "import torch; print(torch.__version__, torch.version.cuda)",
-        quiet=True,
-    )
+    code = "import torch; print(torch.__version__, torch.version.cuda)"
+    r = run_in(IMAGES["worker"], "python", "-c", code)
     assert r.stdout.split()[1] == "None", f"the worker's torch is a CUDA build: {r.stdout}"
     for name in ("api", "worker"):
-        uid = sh(
-            "docker", "run", "--rm", "--network", "none", IMAGES[name], "id", "-u", quiet=True
-        ).stdout.strip()
+        uid = run_in(IMAGES[name], "id", "-u").stdout.strip()
         assert uid != "0", f"{name} runs as root"
         print(f"    {name}: uid {uid}, {size_mb(IMAGES[name]):.0f} MB")
 
