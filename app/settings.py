@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     # A client that stops sending its body for this long gets 408 and the connection
     # closes (slow uploads that keep sending are bounded by the size limits).
     body_timeout_s: float = Field(30.0, gt=0)
+    # ... and one whose request headers are not all in after this long (slowloris).
+    header_timeout_s: float = Field(10.0, gt=0, le=600)
     max_images_per_request: int = Field(16, ge=1)
     batch_max: int = Field(8, ge=1, le=256)
     batch_wait_ms: float = Field(3.0, ge=0, le=1000)

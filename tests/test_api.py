@@ -30,6 +30,7 @@ def server():
             "YOLOV1_MAX_PIXELS": str(MAX_PIXELS),
             "YOLOV1_MAX_REQUEST_PIXELS": str(3 * MAX_PIXELS),
             "YOLOV1_BODY_TIMEOUT_S": "1",
+            "YOLOV1_HEADER_TIMEOUT_S": "1",
             "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
         }
     )
@@ -573,3 +574,66 @@ def test_a_stalled_upload_is_closed(server):
         assert head.startswith(b"HTTP/1.1 408"), head[:100]
         s.close()
     assert time.perf_counter() - t0 < 5
+
+
+def test_slow_headers_are_cut_and_prompt_ones_kept(server):
+    """Slowloris: a header line every 0.3 s never finishes the headers; the connection
+    is answered 408 and closed after the header timeout (1 s here). A connection that
+    sends nothing is closed too; one that sends its headers at once is served, and
+    stays open for the next request."""
+    import socket
+
+    t0 = time.perf_counter()
+    slow = socket.create_connection(("127.0.0.1", server.port))
+    silent = socket.create_connection(("127.0.0.1", server.port))
+    slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+    slow.settimeout(0.3)
+    got = b""
+    while time.perf_counter() - t0 < 5 and not got:
+        try:
+            slow.sendall(b"X-Drip: 1\r\n")
+            got = slow.recv(4096)
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    assert got.startswith(b"HTTP/1.1 408") and time.perf_counter() - t0 < 3, got[:80]
+    silent.settimeout(5)
+    assert silent.recv(4096).startswith(b"HTTP/1.1 408")
+    slow.close()
+    silent.close()
+    with socket.create_connection(("127.0.0.1", server.port)) as ok:
+        for _ in range(2):  # keep-alive: the second request on the same connection
+            ok.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            ok.settimeout(5)
+            assert ok.recv(4096).startswith(b"HTTP/1.1 200")
+            time.sleep(0.5)
+
+
+def test_memory_of_decoded_images_is_given_back():
+    """A 6000x6000 PNG decodes to 144 MB: after a dozen of them, one and two per
+    request, the server holds about what it held after the first (it grew by 1.5 GB
+    and kept it before glibc's mmap threshold was fixed)."""
+    img = Image.new("RGBA", (6000, 6000), (200, 100, 50, 128))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    png = buf.getvalue()
+    s = Server({"YOLOV1_MODEL_PATH": str(DEFAULT_MODEL)})
+    try:
+        s.wait_ready()
+
+        def rss_mb() -> float:
+            status = Path(f"/proc/{s.proc.pid}/status").read_text()
+            return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            assert c.post("/v1/detect", files={"image": ("a.png", png)}).status_code == 200
+            first = rss_mb()
+            for _ in range(6):
+                assert c.post("/v1/detect", files={"image": ("a.png", png)}).status_code == 200
+            for _ in range(3):
+                r = c.post("/v1/detect", files=[("image", ("a.png", png))] * 2)
+                assert r.status_code == 200
+        assert rss_mb() - first < 150, (first, rss_mb())
+    finally:
+        s.stop()
