@@ -67,6 +67,14 @@ def main() -> None:
                          headers={"content-type": "image/jpeg"}),
         lambda c: c.post("/v1/jobs", json={"dataset": {"format": "yolo", "path": "a" * 5000}},
                          headers=KEY),
+        # the protocols: junk base64, a URL at cloud metadata, a tensor of the wrong
+        # shape, a labelling config that is not XML
+        lambda c: c.post("/v1/detect", json={"images": [{"base64": "%%%" * 1000}]}),
+        lambda c: c.post("/v1/detect", json={"images": [{"url": "http://169.254.169.254/"}]}),
+        lambda c: c.post("/v2/models/yolov1/infer", json={"inputs": [
+            {"name": "images", "shape": [1, 3, 9, 9], "datatype": "FP32", "data": [0.0] * 243}]}),
+        lambda c: c.post("/labelstudio/predict", json={
+            "tasks": [{"data": {"image": "data:image/png;base64,AAAA"}}], "label_config": "<View"}),
     ]  # fmt: skip
     api, worker = Server(env), Worker(env, "soak")
     lock = threading.Lock()
