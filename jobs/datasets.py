@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,4 +51,30 @@ def resolve_dataset(ref: dict[str, Any], store: JobStore, data_root: Path) -> Da
         raise DatasetError("dataset.path must stay inside the data root")
     if not exists:
         raise DatasetError(f"dataset.path {shown!r} does not exist under the data root")
+    if not has_an_image(target):
+        raise DatasetError(
+            f"dataset.path {shown!r} holds no image file ({', '.join(IMAGE_SUFFIXES)}): "
+            "nothing to train on"
+        )
     return DatasetLocation(fmt, target)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def has_an_image(folder: Path, budget: int = 200_000) -> bool:
+    """Whether any file under ``folder`` is an image, looking at no more than ``budget``
+    entries (a submit must answer quickly; the reader says the rest at run time)."""
+    stack, seen = [folder], 0
+    while stack and seen < budget:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    seen += 1
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.name.lower().endswith(IMAGE_SUFFIXES):
+                        return True
+        except OSError:
+            continue
+    return seen >= budget  # too large to tell here: let the worker read it

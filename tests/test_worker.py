@@ -318,6 +318,12 @@ def test_mutating_endpoints_need_the_key(stack):
     assert bad.status_code == 422 and "data root" in bad.text
     bad = c.post("/v1/jobs", json={"dataset": {"format": "shapes"}, "epochs": 0}, headers=AUTH)
     assert bad.status_code == 422
+    empty = stack["base"] / "data" / "no-images" / "labels"
+    empty.mkdir(parents=True, exist_ok=True)
+    (empty / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    bad = c.post("/v1/jobs", json={"dataset": {"format": "yolo", "path": "no-images"}},
+                 headers=AUTH)  # fmt: skip
+    assert bad.status_code == 422 and "no image file" in bad.text
     assert c.get("/v1/jobs/doesnotexist").status_code == 404
 
 
