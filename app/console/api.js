@@ -54,6 +54,7 @@ export function askKey(why) {
       asking = null;
       if (dialog.returnValue === "ok" && input.value.trim()) {
         sessionStorage.setItem(KEY, input.value.trim());
+        document.getElementById("key-button").textContent = "API key (set)";
         resolve(true);
       } else resolve(false);
     }, { once: true });
