@@ -154,6 +154,10 @@ def test_detect_draws_what_the_api_finds_and_filters_on_the_page(page, stack, tm
     assert all(b["cls"] != first for b in _boxes(page))
     page.check(f"#class-filter input[data-class={first}]")
     assert not requests
+    # The sample button, for a visitor with no image at hand.
+    page.click("#try-sample")
+    page.wait_for_selector("#results article:nth-child(2)")
+    assert page.locator("#results article:first-child g.box").count() >= 1
     # A file that is not an image: the API's own message, shown.
     bad = tmp_path / "notes.jpg"
     bad.write_bytes(b"these are notes, not a picture")
@@ -321,9 +325,17 @@ def test_docs_render_offline_and_the_page_works_by_keyboard_at_390px(browser, st
         if seen[-1] == "drop":
             break
     assert "Jobs" in seen and "Models" in seen and seen[-1] == "drop", seen
-    with pg.expect_file_chooser() as chooser:
-        pg.keyboard.press("Enter")
-    assert chooser.value.is_multiple()
+    chosen = []
+    # Listening turns on Chromium's file-chooser interception; that round trip must be
+    # done before the key is pressed, or the dialog opens natively and is never seen.
+    pg.on("filechooser", lambda fc: chosen.append(fc))
+    pg.evaluate("1")
+    pg.keyboard.press("Enter")
+    pg.wait_for_timeout(100)
+    deadline = time.monotonic() + 5
+    while not chosen and time.monotonic() < deadline:
+        pg.wait_for_timeout(100)
+    assert chosen and chosen[0].is_multiple()
     for control in ("conf", "iou"):
         assert pg.eval_on_selector(f"label[for={control}]", "l => l.textContent.length") > 0
     ctx.close()

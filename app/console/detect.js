@@ -194,5 +194,9 @@ export function initDetect() {
     if (files.length) { location.hash = "#detect"; addFiles(files); }
   });
   for (const id of ["conf", "iou"]) document.getElementById(id).addEventListener("input", renderAll);
+  document.getElementById("try-sample").addEventListener("click", () => guarded(async () => {
+    const r = await fetch("/console/sample.jpg");
+    await addFiles([new File([await r.blob()], "sample.jpg", { type: "image/jpeg" })]);
+  }));
   renderAll();
 }
