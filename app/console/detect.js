@@ -93,6 +93,8 @@ function renderOne(img, index, conf, iouMax) {
   const { result } = img;
   const W = result.image.width, H = result.image.height;
   const shown = filter(result.detections, conf, iouMax, state.hidden);
+  // Labels in the image's own units, sized for the stage's width (at most 640 px).
+  const unit = W / 640;
   const overlay = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none",
     class: "overlay", "data-width": W, "data-height": H, role: "img",
     "aria-label": `${shown.length} detections` });
@@ -101,12 +103,13 @@ function renderOne(img, index, conf, iouMax) {
     const g = svg("g", { class: "box", "data-class": d.class_name, "data-confidence": d.confidence.toFixed(4),
       "data-x1": b.x1.toFixed(1), "data-y1": b.y1.toFixed(1), "data-x2": b.x2.toFixed(1), "data-y2": b.y2.toFixed(1) });
     g.append(svg("rect", { x: b.x1, y: b.y1, width: b.x2 - b.x1, height: b.y2 - b.y1, stroke: color(d.class_id) }));
-    const label = svg("text", { x: b.x1 + 3, y: Math.max(b.y1 - 4, 14) });
+    const label = svg("text", { x: b.x1 + 3 * unit, y: Math.max(b.y1 - 4 * unit, 14 * unit),
+      "font-size": 13 * unit, "stroke-width": 3 * unit });
     label.textContent = `${d.class_name} ${d.confidence.toFixed(2)}`;
     g.append(label);
     overlay.append(g);
   }
-  for (const t of img.truth) overlay.append(truthRect(t));
+  for (const t of img.truth) overlay.append(truthRect(t, unit));
   const drawing = el("input", { type: "checkbox", id: `draw-${index}`, checked: !!img.drawing });
   const cls = el("select", { id: `draw-class-${index}` },
     ...state.classes.map((n, k) => el("option", { value: k, selected: k === (img.drawClass ?? 0) }, n)));
@@ -139,10 +142,10 @@ function renderOne(img, index, conf, iouMax) {
       shown.length ? null : el("p", {}, "No detection at this confidence.")));
 }
 
-function truthRect(t) {
+function truthRect(t, unit) {
   const g = svg("g", { class: "truth", "data-class-id": t.class_id });
   g.append(svg("rect", { x: t.x1, y: t.y1, width: t.x2 - t.x1, height: t.y2 - t.y1 }));
-  const label = svg("text", { x: t.x1 + 3, y: t.y2 - 4 });
+  const label = svg("text", { x: t.x1 + 3 * unit, y: t.y2 - 4 * unit, "font-size": 13 * unit, fill: "#fff" });
   label.textContent = state.classes[t.class_id] ?? t.class_id;
   g.append(label);
   return g;
