@@ -21,10 +21,8 @@ def main() -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     from app.main import create_app
-    from app.memory import release_large_frees
     from app.slowclients import with_header_timeout
 
-    release_large_frees()
 
     uvicorn.run(
         create_app(settings),

@@ -16,6 +16,7 @@ from PIL import Image
 
 from app.batching import BatchResult, MicroBatcher
 from app.errors import InputError
+from app.memory import after_image
 from app.schemas import Timing
 from app.serving import ServedModel
 from model.infer import Detection
@@ -48,6 +49,8 @@ def prepare(data: bytes, model: ServedModel, max_pixels: int) -> Prepared:
     )
     t1 = time.perf_counter()
     arr = model.detector.preprocess(img)
+    del img
+    after_image(w * h)  # the full decode, where there was one, is garbage by now
     return Prepared(w, h, arr, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
 
 

@@ -1,30 +1,32 @@
-"""Give freed image memory back to the system (glibc).
+"""Give the memory of a large decoded image back to the system (glibc).
 
-A decoded photo is a few hundred MB at most, freed when its request ends; but glibc
-raises its mmap threshold after such frees, so later images come from the heap,
-fragment it across the decode threads' arenas, and the process only grows (here: 0.2
-to 1.7 GB after a dozen 6000x6000 PNGs, never returned). A fixed threshold keeps
-large blocks in mmap, which ``free`` returns at once."""
+A 6000x6000 PNG decodes to 144 MB, freed when its request ends; but glibc keeps freed
+heap memory, fragmented across the decode threads' arenas, and the process only grows
+(here: 0.2 to 1.7 GB after a dozen such images, never returned). ``malloc_trim`` after
+a large image returns it. Small images skip it: a lower mmap threshold would have done
+the same for all, at 1.3 ms on every 640x480 request."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 
-log = logging.getLogger(__name__)
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-THRESHOLD = 4 * 1024 * 1024
+# Images of at least this many pixels are followed by a trim (a 12 MP photo is one).
+TRIM_PIXELS = 8_000_000
 
 
-def release_large_frees(threshold: int = THRESHOLD) -> bool:
-    """Allocations of ``threshold`` bytes and more go to mmap; True where glibc did it."""
+def _libc_trim():
     name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+        return ctypes.CDLL(name).malloc_trim if name else None
     except (OSError, AttributeError):  # not glibc
-        log.info("no mallopt here: freed image memory stays with the allocator")
-        return False
+        return None
+
+
+_trim = _libc_trim()
+
+
+def after_image(pixels: int) -> None:
+    """Call once a decoded image of ``pixels`` pixels is no longer referenced."""
+    if _trim is not None and pixels >= TRIM_PIXELS:
+        _trim(0)
