@@ -23,7 +23,6 @@ def main() -> None:
     from app.main import create_app
     from app.slowclients import with_header_timeout
 
-
     uvicorn.run(
         create_app(settings),
         host=settings.host,

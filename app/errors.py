@@ -32,6 +32,11 @@ STATUS = (
 )
 
 
+def input_status(exc: Exception) -> int | None:
+    """The 4xx for bad input (``STATUS``), or None when ``exc`` is not bad input."""
+    return next((s or exc.status for t, s in STATUS if isinstance(exc, t)), None)
+
+
 def validation_error(exc: ValidationError, where: str) -> RequestValidationError:
     """A body parsed by hand, reported as FastAPI reports its own: where and what is
     wrong, never the input (megabytes of predictions, or bytes that are not text)."""
@@ -44,8 +49,7 @@ def validation_error(exc: ValidationError, where: str) -> RequestValidationError
 
 def install(app: FastAPI) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        status = next(s or exc.status for t, s in STATUS if isinstance(exc, t))
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        return JSONResponse({"detail": str(exc)}, status_code=input_status(exc))
 
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Where and what, never the input itself: it can be megabytes, or a NaN that

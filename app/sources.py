@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import re
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -48,6 +49,15 @@ def data_url_bytes(url: str, limit: int, where: str = "url") -> bytes:
     if not m.group(3):
         raise InputError(422, f"{where}: a data URL must be base64 (';base64,')")
     return decode_base64(url[m.end() :], limit, where)
+
+
+def fetch_limits(settings: Any) -> dict[str, Any]:
+    """``fetch_image``'s bounds from the service's settings."""
+    return {
+        "limit": settings.max_upload_bytes,
+        "timeout_s": settings.image_url_timeout_s,
+        "max_redirects": settings.image_url_max_redirects,
+    }
 
 
 def host_allowed(host: str, allowed: list[str]) -> bool:
@@ -107,10 +117,10 @@ async def fetch_image(
                         continue
                     if r.status_code != 200:
                         raise InputError(422, f"{where}: the image host answered {r.status_code}")
+                    too_large = InputError(413, f"{where}: the image exceeds {limit} bytes")
                     length = r.headers.get("content-length", "")
                     if length.isdigit() and int(length) > limit:
-                        raise InputError(413, f"{where}: the image exceeds {limit} bytes")
-                    too_large = InputError(413, f"{where}: the image exceeds {limit} bytes")
+                        raise too_large
                     return await read_capped(r.aiter_bytes(), limit, too_large)
             raise InputError(422, f"{where}: more than {max_redirects} redirects")
     except (TimeoutError, httpx.TimeoutException) as exc:

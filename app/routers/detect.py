@@ -25,7 +25,7 @@ from app.schemas import (
     ModelRef,
 )
 from app.settings import Settings
-from app.sources import decode_base64, fetch_image
+from app.sources import decode_base64, fetch_image, fetch_limits
 from app.state import AppState, ModelDep, StateDep
 from model.infer import draw_detections
 from model.preprocess import decode_image
@@ -138,12 +138,7 @@ async def resolve_images(images: list[ImageInput], s: Settings) -> list[Upload]:
             data = decode_base64(img.base64, limit, f"{where}.base64")
         else:
             data = await fetch_image(
-                img.url,
-                allowed_hosts=s.image_url_hosts,
-                limit=limit,
-                timeout_s=s.image_url_timeout_s,
-                max_redirects=s.image_url_max_redirects,
-                where=f"{where}.url",
+                img.url, allowed_hosts=s.image_url_hosts, where=f"{where}.url", **fetch_limits(s)
             )
         return Upload(data, img.id if img.id is not None else i)
 

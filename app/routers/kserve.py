@@ -12,13 +12,13 @@ from fastapi.responses import JSONResponse
 
 from app import kserve
 from app.detection import prepare
-from app.errors import InputError
+from app.errors import STATUS, input_status
 from app.kserve import MODEL_NAME, ProtocolError
 from app.serving import ServedModel
 from app.state import AppState, StateDep
-from model.preprocess import ImageDecodeError, ImageTooLargeError, UnsupportedFormatError
 
 router = APIRouter(prefix="/v2", tags=["kserve v2"])
+STATUS_TYPES = tuple(t for t, _ in STATUS)
 
 ERROR = {
     "description": '{"error": message}',
@@ -175,17 +175,8 @@ async def infer(
         return _error(str(exc), exc.status)
     except HTTPException as exc:  # the body limits, while it streams in
         return _error(str(exc.detail), exc.status_code)
-    except InputError as exc:
-        return _error(str(exc), exc.status)
-    except (ImageTooLargeError, UnsupportedFormatError, ImageDecodeError) as exc:
-        status = (
-            413
-            if isinstance(exc, ImageTooLargeError)
-            else 415
-            if isinstance(exc, UnsupportedFormatError)
-            else 400
-        )
-        return _error(str(exc), status)
+    except STATUS_TYPES as exc:  # bad images and input, as app.errors words them
+        return _error(str(exc), input_status(exc))
     content, headers = kserve.encode_response(req, grid, model.version)
     return Response(content, headers=headers)
 

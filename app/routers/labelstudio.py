@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app import labelstudio as ls
 from app.detection import detect_image
 from app.errors import InputError
-from app.sources import decode_base64, fetch_image
+from app.sources import decode_base64, fetch_image, fetch_limits
 from app.state import AppState, ModelDep, StateDep
 
 router = APIRouter(prefix="/labelstudio", tags=["label studio"])
@@ -136,12 +136,7 @@ async def task_image(state: AppState, ref: str, where: str) -> bytes:
     where = f"{where}.data"
     if ref.startswith("data:"):
         return decode_base64(ref, s.max_upload_bytes, where)
-    fetch = dict(
-        limit=s.max_upload_bytes,
-        timeout_s=s.image_url_timeout_s,
-        max_redirects=s.image_url_max_redirects,
-        where=where,
-    )
+    fetch = {**fetch_limits(s), "where": where}
     if ref.startswith("/"):
         if not s.labelstudio_url:
             raise InputError(
