@@ -89,7 +89,19 @@ def _check_rows(rows: np.ndarray, counts: np.ndarray, C: int) -> None:
             raise ValueError(f"image {i}, label {j}: {message(rows[k])}")
 
 
-def build_targets(labels: Sequence[object], n_images: int, S: int, C: int) -> GridTargets:
+@dataclass(frozen=True)
+class CellAssignment:
+    """The objects that own a cell, M of them, in (image, row, col) order."""
+
+    img: np.ndarray  # (M,) int64
+    row: np.ndarray  # (M,) int64
+    col: np.ndarray  # (M,) int64
+    labels: np.ndarray  # (M, 5) float64: class_id, cx, cy, w, h
+    objects: np.ndarray  # (N,) int64: objects assigned to a cell
+    dropped: np.ndarray  # (N,) int64: objects dropped because their cell was taken
+
+
+def assign_cells(labels: Sequence[object], n_images: int, S: int, C: int) -> CellAssignment:
     """Validate ``labels`` and assign each object to the cell holding its centre.
 
     ``row = min(floor(cy * S), S - 1)``, ``col = min(floor(cx * S), S - 1)``;
@@ -98,28 +110,31 @@ def build_targets(labels: Sequence[object], n_images: int, S: int, C: int) -> Gr
     """
     arrays = validate_labels(labels, n_images, C)
     N = n_images
+    counts = np.array([len(a) for a in arrays], dtype=np.int64)
+    allrows = np.concatenate(arrays) if counts.sum() else np.zeros((0, 5))  # (K, 5)
+    img = np.repeat(np.arange(N), counts)  # (K,)
+    col = np.minimum(np.floor(allrows[:, 1] * S), S - 1).astype(np.int64)
+    row = np.minimum(np.floor(allrows[:, 2] * S), S - 1).astype(np.int64)
+    key = (img * S + row) * S + col
+    # np.unique returns the first occurrence of each key, in key order: the first
+    # listed wins, and the owners come out in (image, row, col) order.
+    _, first = np.unique(key, return_index=True)
+    objects = np.bincount(img[first], minlength=N).astype(np.int64)
+    return CellAssignment(img[first], row[first], col[first], allrows[first], objects,
+                          counts - objects)  # fmt: skip
+
+
+def build_targets(labels: Sequence[object], n_images: int, S: int, C: int) -> GridTargets:
+    """:func:`assign_cells`, as dense per-cell targets."""
+    a = assign_cells(labels, n_images, S, C)
+    N = n_images
     obj = np.zeros((N, S, S), dtype=bool)
     box = np.zeros((N, S, S, 4))
     onehot = np.zeros((N, S, S, C))
-    objects = np.zeros(N, dtype=np.int64)
-    dropped = np.zeros(N, dtype=np.int64)
-    counts = np.array([len(a) for a in arrays])
-    if counts.sum():
-        allrows = np.concatenate(arrays)  # (K, 5)
-        img = np.repeat(np.arange(N), counts)  # (K,)
-        col = np.minimum(np.floor(allrows[:, 1] * S), S - 1).astype(np.int64)
-        row = np.minimum(np.floor(allrows[:, 2] * S), S - 1).astype(np.int64)
-        key = (img * S + row) * S + col
-        # np.unique returns the first occurrence of each key: the first listed wins.
-        _, first = np.unique(key, return_index=True)
-        kept = np.zeros(len(key), dtype=bool)
-        kept[first] = True
-        i, r, c, lab = img[kept], row[kept], col[kept], allrows[kept]
-        obj[i, r, c] = True
-        box[i, r, c] = lab[:, 1:5]
-        onehot[i, r, c, lab[:, 0].astype(np.int64)] = 1.0
-        objects = np.bincount(i, minlength=N).astype(np.int64)
-        dropped = counts - objects
+    obj[a.img, a.row, a.col] = True
+    box[a.img, a.row, a.col] = a.labels[:, 1:5]
+    onehot[a.img, a.row, a.col, a.labels[:, 0].astype(np.int64)] = 1.0
+    objects, dropped = a.objects, a.dropped
     cols = np.arange(S)[None, None, :]
     rows = np.arange(S)[None, :, None]
     xy = np.stack([box[..., 0] * S - cols, box[..., 1] * S - rows], axis=-1)
