@@ -48,6 +48,7 @@ class DetectResult(BaseModel):
     image: ImageSize
     detections: list[Detection]
     timing_ms: Timing
+    conf_threshold: float = Field(description="the score threshold these detections passed")
     raw: list[list[list[float]]] | None = Field(
         None, description="the raw (S, S, 5B+C) grid (include_raw=true); send it to /v1/loss"
     )

@@ -51,6 +51,8 @@ class ServedModel:
             "layout": cfg.layout,
             "training_metrics": meta.get("training_metrics", {}),
             "best_val_map50": meta.get("best_val_map50"),
+            "conf_threshold": self.detector.conf_threshold,
+            "calibration": meta.get("calibration"),
             "warmup_ms": self.warmup_ms,
         }
 

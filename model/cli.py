@@ -1,4 +1,5 @@
-"""``yolov1``: info, train, export, detect, val, prune and make-shapes from the command line."""
+"""``yolov1``: info, train, export, quantize, calibrate, detect, val, prune and make-shapes
+from the command line."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ PRESETS = {
         input_size=224,
         width=32,
         head_activation="sigmoid",
-        train_images=8000,
+        train_images=12000,
         val_images=500,
-        epochs=25,
+        epochs=22,
         batch_size=32,
         optimizer="adamw",
         learning_rate=1e-3,
@@ -41,7 +42,20 @@ PRESETS = {
     ),
 }
 
-DATA_SEED_TRAIN, DATA_SEED_VAL, DATA_SEED_TEST = 1, 2, 3
+DATA_SEED_TRAIN, DATA_SEED_VAL, DATA_SEED_TEST, DATA_SEED_CALIBRATE = 1, 2, 3, 4
+
+
+def _shapes_level(spec: str) -> str | None:
+    """The level a data spec names: 'shapes' is the training mixture, 'shapes:hard' a
+    published level (model.shapes.LEVELS); None for a data set folder."""
+    from model.shapes import LEVELS
+
+    if spec != "shapes" and not spec.startswith("shapes:"):
+        return None
+    level = spec.partition(":")[2] or "train"
+    if level not in LEVELS:
+        raise SystemExit(f"unknown shapes level {level!r}; use one of {sorted(LEVELS)}")
+    return level
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -65,9 +79,11 @@ def _load_split(args: argparse.Namespace, size: int):
     from model.data import difficult_flags, read_dataset, shapes_dataset, split_dataset, to_arrays
     from model.train import Data
 
-    if args.data == "shapes":
-        tr = shapes_dataset(args.train_images, DATA_SEED_TRAIN + args.seed * 1000)
-        va = shapes_dataset(args.val_images, DATA_SEED_VAL + args.seed * 1000)
+    level = _shapes_level(args.data)
+    if level:
+        seed = args.seed * 1000
+        tr = shapes_dataset(args.train_images, DATA_SEED_TRAIN + seed, level, size=size)
+        va = shapes_dataset(args.val_images, DATA_SEED_VAL + seed, level, size=size)
     else:
         ds = read_dataset(args.data, args.format)
         for s in ds.skipped:
@@ -150,10 +166,11 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def _dataset(spec: str, fmt: str, n: int, seed: int):
-    """'shapes' (n generated images of ``seed``) or a data set folder."""
+    """'shapes[:level]' (n generated images of ``seed``) or a data set folder."""
     from model.data import read_dataset, shapes_dataset
 
-    return shapes_dataset(n, seed) if spec == "shapes" else read_dataset(spec, fmt)
+    level = _shapes_level(spec)
+    return shapes_dataset(n, seed, level) if level else read_dataset(spec, fmt)
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
@@ -202,7 +219,7 @@ def evaluate_onnx(model_path: str, ds, *, method: str = "all"):
     return onnx_evaluator(model_path, ds).result(method=method)
 
 
-def onnx_evaluator(model_path: str, ds, *, batch_size: int = 32):
+def onnx_evaluator(model_path: str, ds, *, batch_size: int = 32, every_class: bool = True):
     """An ONNX model's detections on a data set, ready to score."""
     import numpy as np
 
@@ -214,7 +231,7 @@ def onnx_evaluator(model_path: str, ds, *, batch_size: int = 32):
     cfg = det.cfg
     if cfg.class_names != ds.class_names:
         raise SystemExit(f"model classes {cfg.class_names} != data {ds.class_names}")
-    ev = Evaluator(cfg.S, cfg.B, cfg.C)
+    ev = Evaluator(cfg.S, cfg.B, cfg.C, every_class=every_class)
     for start in range(0, len(ds), batch_size):
         recs = ds.records[start : start + batch_size]
         images = [load_image(r) for r in recs]
@@ -225,15 +242,11 @@ def onnx_evaluator(model_path: str, ds, *, batch_size: int = 32):
 
 
 def cmd_val(args: argparse.Namespace) -> None:
-    from model.data import read_dataset, shapes_dataset
-
-    if args.data == "shapes":
-        ds = shapes_dataset(args.images, DATA_SEED_TEST)
-    else:
-        ds = read_dataset(args.data, args.format)
-        for s in ds.skipped:
-            log.warning("skipped %s", s)
     from model import coco
+
+    ds = _dataset(args.data, args.format, args.images, DATA_SEED_TEST)
+    for s in ds.skipped:
+        log.warning("skipped %s", s)
 
     ev = onnx_evaluator(args.model, ds)
     r, r11 = ev.result(), ev.result(method="11point")
@@ -253,6 +266,32 @@ def cmd_val(args: argparse.Namespace) -> None:
         print(f"COCO results: {out}  ground truth: {gt_path}")
 
 
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from model.export import update_metadata
+    from model.metrics import score_at_precision
+
+    ds = _dataset(args.data, args.format, args.images, DATA_SEED_CALIBRATE)
+    # The detections the API returns: each box's best class, NMS at 0.5.
+    ev = onnx_evaluator(args.model, ds, every_class=False)
+    point = score_at_precision(ev.detections, ev.truths, len(ds.class_names), args.precision)
+    if point is None:
+        raise SystemExit(f"no score threshold reaches precision {args.precision} on {args.data}")
+    cal = {
+        "conf_threshold": round(point.threshold, 4),
+        "precision": round(point.precision, 4),
+        "recall": round(point.recall, 4),
+        "target_precision": args.precision,
+        "data": args.data,
+        "images": len(ds),
+    }
+    update_metadata(args.model, calibration=cal)
+    print(
+        f"{args.model}: precision {point.precision:.3f} (target {args.precision}) from score "
+        f"{point.threshold:.3f}, recall {point.recall:.3f} on {len(ds)} images of {args.data}; "
+        "the API's default conf_threshold for this model"
+    )
+
+
 def cmd_prune(args: argparse.Namespace) -> None:
     from model.registry import ModelStore
 
@@ -264,9 +303,14 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_make_shapes(args: argparse.Namespace) -> None:
-    from model.shapes import write_yolo_dataset
+    from model.shapes import picture_grid, write_yolo_dataset
 
-    write_yolo_dataset(args.out, args.images, args.seed)
+    _shapes_level(f"shapes:{args.level}")
+    if args.grid:
+        picture_grid(args.seed).save(args.out)
+        print(json.dumps({"out": args.out, "seed": args.seed}))
+        return
+    write_yolo_dataset(args.out, args.images, args.seed, args.level)
     print(json.dumps({"out": args.out, "images": args.images, "seed": args.seed}))
 
 
@@ -294,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("train", help="train a detector")
-    s.add_argument("--data", required=True, help="a data set folder, or 'shapes'")
+    s.add_argument("--data", required=True, help="a data set folder, or 'shapes[:level]'")
     s.add_argument("--format", choices=["yolo", "voc", "coco"], default="yolo")
     s.add_argument("--preset", choices=sorted(PRESETS), default="default")
     s.add_argument("--out", default="runs/train")
@@ -330,13 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("image")
     s.add_argument("-o", "--output", help="write the image with boxes drawn (PNG)")
-    s.add_argument("--conf", type=float, default=0.2)
+    s.add_argument("--conf", type=float, help="score threshold (default: the model's own)")
     s.add_argument("--iou", type=float, default=0.5)
     s.set_defaults(func=cmd_detect)
 
     s = sub.add_parser("val", help="per-class AP and mAP@0.5 of an ONNX model")
     s.add_argument("model")
-    s.add_argument("--data", required=True, help="a data set folder, or 'shapes' (held-out)")
+    s.add_argument(
+        "--data", required=True, help="a data set folder, or 'shapes[:level]' (held-out)"
+    )
     s.add_argument("--format", choices=["yolo", "voc", "coco"], default="yolo")
     s.add_argument("--images", type=int, default=500, help="shapes only")
     s.add_argument(
@@ -345,6 +391,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the detections as a COCO results file (and PATH_gt.json, the truth)",
     )
     s.set_defaults(func=cmd_val)
+
+    s = sub.add_parser(
+        "calibrate",
+        help="set a model's default score threshold: the lowest at which its detections "
+        "reach a precision on held-out data",
+    )
+    s.add_argument("model")
+    s.add_argument(
+        "--data",
+        default="shapes:hard",
+        help="a data set folder, or 'shapes[:level]' (default: hard)",
+    )
+    s.add_argument("--format", choices=["yolo", "voc", "coco"], default="yolo")
+    s.add_argument("--images", type=int, default=500, help="shapes only")
+    s.add_argument("--precision", type=float, default=0.9)
+    s.set_defaults(func=cmd_calibrate)
 
     s = sub.add_parser("prune", help="remove old model versions from a model store")
     s.add_argument("store", help="the store folder (YOLOV1_MODEL_STORE)")
@@ -355,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out")
     s.add_argument("--images", type=int, default=100)
     s.add_argument("--seed", type=int, default=DATA_SEED_TEST)
+    s.add_argument("--level", default="train", help="train (the mixture), easy, medium, hard")
+    s.add_argument(
+        "--grid", action="store_true", help="write OUT as a PNG: a row of images per level"
+    )
     s.set_defaults(func=cmd_make_shapes)
     return p
 

@@ -340,9 +340,7 @@ def read_coco(
                 continue
             rows.append(row)
             diff.append(bool(a.get("iscrowd", 0)))
-        records.append(
-            Record(path, _labels_array(rows), np.array(diff, bool), (W, H), split=split)
-        )
+        records.append(Record(path, _labels_array(rows), np.array(diff, bool), (W, H), split=split))
     known = {im["id"] for im in doc.get("images", [])}
     for image_id in by_image.keys() - known:
         skipped.append(f"annotations for image id {image_id}: no such image")
@@ -431,16 +429,22 @@ def read_dataset(path: str | Path, fmt: str) -> DetectionDataset:
     raise ValueError(f"unknown data set format {fmt!r}; use yolo, voc or coco")
 
 
-def shapes_dataset(n: int, seed: int) -> DetectionDataset:
-    """``n`` generated shapes images, in memory; the same seed gives the same set."""
+def shapes_dataset(
+    n: int, seed: int, level: str = "train", *, size: int | None = None
+) -> DetectionDataset:
+    """``n`` generated shapes images of ``level`` (``model.shapes.LEVELS``), in memory;
+    the same seed and level give the same set. ``size``: keep each image only as
+    ``to_arrays`` will use it, ``size`` x ``size`` (thousands of photo-sized images
+    would not fit in memory); records keep the original size."""
     from model.shapes import CLASS_NAMES, make_sample, sample_seed
 
+    def one(i: int) -> Record:
+        s = make_sample(sample_seed(seed, i), level)
+        img = s.image if size is None else s.image.resize((size, size), Image.BILINEAR)
+        return Record(None, s.labels, np.zeros(len(s.labels), bool), s.image.size, img)
+
     with ThreadPoolExecutor(2) as pool:
-        samples = list(pool.map(make_sample, (sample_seed(seed, i) for i in range(n))))
-    records = [
-        Record(None, s.labels, np.zeros(len(s.labels), bool), s.image.size, s.image)
-        for s in samples
-    ]
+        records = list(pool.map(one, range(n)))
     return DetectionDataset(list(CLASS_NAMES), records)
 
 

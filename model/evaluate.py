@@ -34,9 +34,19 @@ def truth_of(labels: np.ndarray, difficult: np.ndarray | None = None) -> ImageTr
 class Evaluator:
     """Accumulates images, then scores them; ``add`` as batches come."""
 
-    def __init__(self, S: int, B: int, C: int, *, conf_threshold: float = CONF_THRESHOLD):
+    def __init__(
+        self,
+        S: int,
+        B: int,
+        C: int,
+        *,
+        conf_threshold: float = CONF_THRESHOLD,
+        every_class: bool = True,
+    ):
+        """``every_class=False``: each box as its best class only, as the API shows it."""
         self.S, self.B, self.C = S, B, C
         self.conf_threshold = conf_threshold
+        self.every_class = every_class
         self.detections: list[ImageDetections] = []
         self.truths: list[ImageTruth] = []
         self.sizes: list[tuple[int, int]] = []  # (width, height), where the caller knows them
@@ -61,7 +71,7 @@ class Evaluator:
                 conf_threshold=self.conf_threshold,
                 iou_threshold=NMS_IOU,
                 max_detections=MAX_DETECTIONS,
-                every_class=True,
+                every_class=self.every_class,
             )
             self.detections.append(ImageDetections(out["boxes"], out["scores"], out["class_ids"]))
             self.truths.append(truth_of(lab, d))

@@ -132,6 +132,30 @@ def export_onnx(
     return metadata
 
 
+def update_metadata(onnx_path: str | Path, **fields: Any) -> dict[str, Any]:
+    """Set top-level metadata ``fields`` in an exported model, inside the ONNX file and in
+    its sidecar alike; return the new metadata."""
+    import onnx
+
+    from model.infer import read_metadata
+
+    onnx_path = Path(onnx_path)
+    metadata = {**read_metadata(onnx_path), **fields}
+    proto = onnx.load(str(onnx_path))
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            entry.value = json.dumps(metadata)
+            break
+    else:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    tmp = onnx_path.with_suffix(".tmp.onnx")
+    onnx.save(proto, str(tmp))
+    tmp.replace(onnx_path)
+    sidecar_path(onnx_path).write_text(json.dumps(metadata, indent=2))
+    return metadata
+
+
 def slim_checkpoint(src: str | Path, dst: str | Path) -> None:
     """Keep what is needed to rebuild, serve and fine-tune from: weights and configs."""
     ckpt = torch.load(src, map_location="cpu", weights_only=False)

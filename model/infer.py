@@ -20,6 +20,8 @@ from model.config import ModelConfig
 from model.preprocess import resize_uint8, to_input
 
 METADATA_KEY = "yolov1_config"
+# Where a model carries no calibration (``yolov1 calibrate``), detections need this score.
+DEFAULT_CONF_THRESHOLD = 0.2
 
 
 def sidecar_path(onnx_path: str | Path) -> Path:
@@ -93,6 +95,13 @@ class OnnxDetector:
                 f"{self.path}: output shape {out_shape} does not match config {expected}"
             )
 
+    @property
+    def conf_threshold(self) -> float:
+        """The score at which this model's detections reached the precision it was
+        calibrated for (``metadata["calibration"]``), else ``DEFAULT_CONF_THRESHOLD``."""
+        cal = self.metadata.get("calibration") or {}
+        return float(cal.get("conf_threshold", DEFAULT_CONF_THRESHOLD))
+
     def preprocess(self, img: Image.Image) -> np.ndarray:
         """RGB image -> ``(size, size, 3)`` uint8 at the network's input size."""
         return resize_uint8(img, self.cfg.input_size)
@@ -112,13 +121,16 @@ class OnnxDetector:
         width: int,
         height: int,
         *,
-        conf_threshold: float = 0.2,
+        conf_threshold: float | None = None,
         iou_threshold: float = 0.5,
         max_detections: int = 100,
         classes: list[int] | None = None,
     ) -> list[Detection]:
-        """One image's ``(S, S, 5B + C)`` grid -> detections in that image's pixels."""
+        """One image's ``(S, S, 5B + C)`` grid -> detections in that image's pixels
+        (``conf_threshold`` None: the model's own, :attr:`conf_threshold`)."""
         c = self.cfg
+        if conf_threshold is None:
+            conf_threshold = self.conf_threshold
         d = decode_predictions(
             grid,
             S=c.S,

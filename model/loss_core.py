@@ -1,9 +1,10 @@
-"""The YOLOv1 loss (Redmon et al. 2016, equation 3), written once for NumPy and torch.
+"""The YOLOv1 loss (Redmon et al. 2016, equation 3) on dense per-cell grids.
 
-This module never imports torch: the array namespace ``xp`` (``numpy`` or
-``torch``) is passed in, and only operations both libraries share are used.
-``model.loss`` (torch, for training) and ``model.loss_numpy`` (for the API)
-call :func:`loss_terms`. docs/loss.md is the contract.
+This module never imports torch: the array namespace ``xp`` is passed in, and only
+operations NumPy and torch share are used. ``model.loss`` (torch, for training)
+calls :func:`loss_terms`; ``model.loss_numpy`` (the API) shares the checks, the
+result and the reduction, and gathers the object cells instead. docs/loss.md is
+the contract.
 """
 
 from __future__ import annotations

@@ -72,6 +72,68 @@ class MAPResult:
     n_truth: dict[int, int] = field(default_factory=dict)  # class -> non-difficult objects
 
 
+@dataclass
+class ClassMatches:
+    """One class's detections over a data set, by decreasing score: ``scores``, ``tp``
+    and ``fp`` ``(K,)`` (a detection of a difficult object is neither), and ``npos``,
+    its non-difficult objects."""
+
+    scores: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    npos: int
+
+
+def match_class(
+    detections: Sequence[ImageDetections],
+    truths: Sequence[ImageTruth],
+    c: int,
+    *,
+    iou_threshold: float = 0.5,
+) -> ClassMatches:
+    """Match class ``c``'s detections to its objects, the devkit's way; images are paired
+    by position."""
+    gt_boxes, gt_diff, used = [], [], []
+    for t in truths:
+        m = np.asarray(t.class_ids).reshape(-1) == c
+        gt_boxes.append(np.asarray(t.boxes, dtype=np.float64).reshape(-1, 4)[m])
+        d = np.zeros(m.sum(), bool) if t.difficult is None else np.asarray(t.difficult, bool)[m]
+        gt_diff.append(d)
+        used.append(np.zeros(m.sum(), bool))
+    npos = int(sum((~d).sum() for d in gt_diff))
+    img_idx, scores, boxes = [], [], []
+    for i, d in enumerate(detections):
+        m = np.asarray(d.class_ids).reshape(-1) == c
+        img_idx.append(np.full(int(m.sum()), i))
+        scores.append(np.asarray(d.scores, dtype=np.float64).reshape(-1)[m])
+        boxes.append(np.asarray(d.boxes, dtype=np.float64).reshape(-1, 4)[m])
+    img_idx_a = np.concatenate(img_idx) if img_idx else np.zeros(0, int)
+    scores_a = np.concatenate(scores) if scores else np.zeros(0)
+    boxes_a = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+    order = np.argsort(-scores_a, kind="stable")
+    tp = np.zeros(len(order))
+    fp = np.zeros(len(order))
+    for rank, j in enumerate(order):
+        i = img_idx_a[j]
+        gts = gt_boxes[i]
+        if len(gts) == 0:
+            fp[rank] = 1
+            continue
+        ious = box_iou(boxes_a[j : j + 1], gts)[0]
+        best = int(np.argmax(ious))
+        if ious[best] >= iou_threshold:
+            if gt_diff[i][best]:
+                continue
+            if not used[i][best]:
+                used[i][best] = True
+                tp[rank] = 1
+            else:
+                fp[rank] = 1
+        else:
+            fp[rank] = 1
+    return ClassMatches(scores_a[order], tp, fp, npos)
+
+
 def evaluate_map(
     detections: Sequence[ImageDetections],
     truths: Sequence[ImageTruth],
@@ -86,52 +148,56 @@ def evaluate_map(
     result = MAPResult(map=float("nan"))
     aps = []
     for c in range(num_classes):
-        gt_boxes, gt_diff, used = [], [], []
-        for t in truths:
-            m = np.asarray(t.class_ids).reshape(-1) == c
-            gt_boxes.append(np.asarray(t.boxes, dtype=np.float64).reshape(-1, 4)[m])
-            d = np.zeros(m.sum(), bool) if t.difficult is None else np.asarray(t.difficult, bool)[m]
-            gt_diff.append(d)
-            used.append(np.zeros(m.sum(), bool))
-        npos = int(sum((~d).sum() for d in gt_diff))
-        img_idx, scores, boxes = [], [], []
-        for i, d in enumerate(detections):
-            m = np.asarray(d.class_ids).reshape(-1) == c
-            k = int(m.sum())
-            img_idx.append(np.full(k, i))
-            scores.append(np.asarray(d.scores, dtype=np.float64).reshape(-1)[m])
-            boxes.append(np.asarray(d.boxes, dtype=np.float64).reshape(-1, 4)[m])
-        img_idx_a = np.concatenate(img_idx) if img_idx else np.zeros(0, int)
-        scores_a = np.concatenate(scores) if scores else np.zeros(0)
-        boxes_a = np.concatenate(boxes) if boxes else np.zeros((0, 4))
-        result.n_truth[c] = npos
-        if npos == 0:
+        m = match_class(detections, truths, c, iou_threshold=iou_threshold)
+        result.n_truth[c] = m.npos
+        if m.npos == 0:
             continue
-        order = np.argsort(-scores_a, kind="stable")
-        tp = np.zeros(len(order))
-        fp = np.zeros(len(order))
-        for rank, j in enumerate(order):
-            i = img_idx_a[j]
-            gts = gt_boxes[i]
-            if len(gts) == 0:
-                fp[rank] = 1
-                continue
-            ious = box_iou(boxes_a[j : j + 1], gts)[0]
-            best = int(np.argmax(ious))
-            if ious[best] >= iou_threshold:
-                if gt_diff[i][best]:
-                    continue
-                if not used[i][best]:
-                    used[i][best] = True
-                    tp[rank] = 1
-                else:
-                    fp[rank] = 1
-            else:
-                fp[rank] = 1
-        tp_c, fp_c = np.cumsum(tp), np.cumsum(fp)
-        rec = tp_c / npos
+        tp_c, fp_c = np.cumsum(m.tp), np.cumsum(m.fp)
+        rec = tp_c / m.npos
         prec = tp_c / np.maximum(tp_c + fp_c, np.finfo(np.float64).eps)
         result.ap[c] = average_precision(rec, prec, method=method)
         aps.append(result.ap[c])
     result.map = float(np.mean(aps)) if aps else float("nan")
     return result
+
+
+@dataclass
+class OperatingPoint:
+    """The lowest score threshold at which the detections kept reach ``precision``."""
+
+    threshold: float
+    precision: float  # of the detections scoring at least ``threshold``
+    recall: float
+    detections: int
+
+
+def score_at_precision(
+    detections: Sequence[ImageDetections],
+    truths: Sequence[ImageTruth],
+    num_classes: int,
+    target: float,
+    *,
+    iou_threshold: float = 0.5,
+) -> OperatingPoint | None:
+    """Pool every class's matches, sort by score and return the lowest threshold whose
+    kept detections have precision >= ``target`` (the most recall at that precision);
+    None when no threshold reaches it."""
+    parts = [
+        match_class(detections, truths, c, iou_threshold=iou_threshold) for c in range(num_classes)
+    ]
+    scores = np.concatenate([p.scores for p in parts])
+    tp = np.concatenate([p.tp for p in parts])
+    fp = np.concatenate([p.fp for p in parts])
+    npos = sum(p.npos for p in parts)
+    if not len(scores) or npos == 0:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    scores, tp_c, fp_c = scores[order], np.cumsum(tp[order]), np.cumsum(fp[order])
+    # A threshold keeps every detection of a tied score: look at the last of each tie.
+    last = np.r_[scores[1:] != scores[:-1], True]
+    prec = tp_c / np.maximum(tp_c + fp_c, np.finfo(np.float64).eps)
+    ok = np.flatnonzero(last & (prec >= target) & (tp_c > 0))
+    if not len(ok):
+        return None
+    k = ok[-1]
+    return OperatingPoint(float(scores[k]), float(prec[k]), float(tp_c[k] / npos), int(k + 1))

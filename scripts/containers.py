@@ -275,7 +275,7 @@ def readme_examples() -> str:
     from model.shapes import make_sample
 
     photo = WORK / "photo.jpg"
-    photo.write_bytes(make_sample(3).jpeg)
+    photo.write_bytes(make_sample(3).encoded)
     out = json.loads(curl("-F", f"image=@{photo}", f"{URL}/v1/detect?conf_threshold=0.2"))
     assert out["detections"], out
     print(f"    detect: {len(out['detections'])} boxes, model v{out['model']['version']}")

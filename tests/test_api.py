@@ -55,7 +55,7 @@ def grid(client):
 
 def _jpeg(seed: int):
     s = make_sample(sample_seed(4242, seed))
-    return s.jpeg, s.labels, s.image.size
+    return s.encoded, s.labels, s.image.size
 
 
 def test_api_process_never_imports_torch(server):

@@ -83,7 +83,7 @@ def _sample(k: int):
 def _image(tmp: Path, k: int) -> tuple[Path, object]:
     s = _sample(k)
     path = tmp / f"scene{k}.jpg"
-    path.write_bytes(s.jpeg)
+    path.write_bytes(s.encoded)
     return path, s
 
 
@@ -111,7 +111,7 @@ def test_detect_draws_what_the_api_finds_and_filters_on_the_page(page, stack, tm
     page.set_input_files("#image-input", str(path))
     page.wait_for_selector("#results article")
     drawn = _boxes(page)
-    api = httpx.post(f"{stack['url']}/v1/detect", files={"image": ("a.jpg", sample.jpeg)},
+    api = httpx.post(f"{stack['url']}/v1/detect", files={"image": ("a.jpg", sample.encoded)},
                      params={"conf_threshold": 0.2, "iou_threshold": 0.5}).json()  # fmt: skip
     want = api["detections"]
     assert len(drawn) == len(want) >= 2
@@ -199,7 +199,7 @@ def test_score_example_and_the_loop_from_a_drawn_box(page, stack, tmp_path):
     loss = float(page.inner_text("#score-total"))
     # The same request by hand gives the same loss.
     raw = httpx.post(f"{stack['url']}/v1/detect", params={"include_raw": True},
-                     files={"image": ("a.jpg", sample.jpeg)}).json()["raw"]  # fmt: skip
+                     files={"image": ("a.jpg", sample.encoded)}).json()["raw"]  # fmt: skip
     label = [{"class_id": int(k), "box": [float(cx), float(cy), float(w), float(h)]}]
     ref = httpx.post(
         f"{stack['url']}/v1/loss", json={"predictions": [raw], "labels": [label]}
@@ -283,7 +283,7 @@ def test_jobs_from_the_page_curves_activation_and_cancel(page, browser, stack, t
 
 def _write(base: Path, k: int) -> Path:
     path = base / f"scene{k}.jpg"
-    path.write_bytes(_sample(k).jpeg)
+    path.write_bytes(_sample(k).encoded)
     return path
 
 

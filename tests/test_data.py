@@ -18,7 +18,7 @@ from model.data import (
     split_dataset,
     to_arrays,
 )
-from model.shapes import CLASS_NAMES, make_sample, sample_seed
+from model.shapes import CLASS_NAMES, LEVELS, make_sample, sample_seed
 
 
 def _img(path, size=(100, 50)):
@@ -135,18 +135,35 @@ def test_coco_reader(tmp_path):
 
 def test_shapes_are_deterministic_and_varied():
     a, b = make_sample(sample_seed(7, 3)), make_sample(sample_seed(7, 3))
-    assert a.jpeg == b.jpeg and np.array_equal(a.labels, b.labels)
+    assert a.encoded == b.encoded and np.array_equal(a.labels, b.labels)
+    assert make_sample(sample_seed(7, 3), "hard").encoded != a.encoded
     ds = shapes_dataset(40, 11)
     sizes = {r.size for r in ds.records}
     counts = [len(r.labels) for r in ds.records]
-    assert len(sizes) > 20 and min(counts) >= 0 and max(counts) <= 6
+    assert len(sizes) > 20 and min(counts) >= 0 and max(counts) <= 7
     classes = {int(c) for r in ds.records for c in r.labels[:, 0]}
     assert classes == set(range(len(CLASS_NAMES)))
-    for r in ds.records:
-        assert ((r.labels[:, 1:] >= 0) & (r.labels[:, 1:] <= 1)).all()
-        short = min(r.size)
-        ext = np.maximum(r.labels[:, 3] * r.size[0], r.labels[:, 4] * r.size[1])
-        assert ((ext >= 0.1 * short - 1) & (ext <= 0.45 * short + 1)).all()
+
+
+@pytest.mark.parametrize("level", sorted(LEVELS))
+def test_shapes_levels_keep_their_ranges(level):
+    """Image sizes, object counts and object sizes within the level's ranges (a box the
+    border cuts keeps at least 60 % of its area, so its extent stays above ~0.6x)."""
+    lv = LEVELS[level]
+    samples = [make_sample(sample_seed(21, i), level) for i in range(25)]
+    for s in samples:
+        W, H = s.image.size
+        assert lv.short_side[0] - 1 <= min(W, H) <= lv.short_side[1]
+        assert max(W, H) <= min(W, H) * lv.max_aspect + 1
+        assert len(s.labels) <= lv.objects[1]
+        assert ((s.labels[:, 1:] >= 0) & (s.labels[:, 1:] <= 1)).all()
+        ext = np.maximum(s.labels[:, 3] * W, s.labels[:, 4] * H)
+        lo, hi = lv.object_size
+        assert ((ext >= 0.6 * lo * min(W, H) - 1) & (ext <= hi * min(W, H) + 1)).all()
+    suffixes = {s.suffix for s in samples}
+    assert suffixes == ({".jpg", ".png"} if lv.png >= 0.2 else suffixes)
+    if lv.gray:
+        assert any(np.ptp(np.asarray(s.image, np.int16), axis=-1).max() == 0 for s in samples)
 
 
 def test_shapes_boxes_lie_inside_their_images():

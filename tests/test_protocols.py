@@ -90,9 +90,9 @@ class ImageHost:
 def host() -> Iterator[ImageHost]:
     h = ImageHost(
         {
-            "/a.jpg": _sample(1).jpeg,
+            "/a.jpg": _sample(1).encoded,
             "/big.jpg": b"\xff\xd8" + b"0" * int(2 * LIMIT_MB * 1024 * 1024),
-            "/data/upload/3/task.jpg": _sample(2).jpeg,
+            "/data/upload/3/task.jpg": _sample(2).encoded,
         },
         token=None,
     )
@@ -103,7 +103,7 @@ def host() -> Iterator[ImageHost]:
 @pytest.fixture(scope="module")
 def studio() -> Iterator[ImageHost]:
     """Label Studio's file server: uploaded files need its API token."""
-    h = ImageHost({"/data/upload/3/task.jpg": _sample(2).jpeg}, token="ls-token")
+    h = ImageHost({"/data/upload/3/task.jpg": _sample(2).encoded}, token="ls-token")
     yield h
     h.close()
 
@@ -140,16 +140,16 @@ def _b64(data: bytes) -> str:
 # --- JSON input and COCO out -----------------------------------------------------------
 def test_json_base64_gives_what_multipart_gives(client):
     s = _sample(1)
-    ref = client.post("/v1/detect", files={"image": ("a.jpg", s.jpeg)}).json()
-    got = client.post("/v1/detect", json={"images": [{"base64": _b64(s.jpeg)}]}).json()
+    ref = client.post("/v1/detect", files={"image": ("a.jpg", s.encoded)}).json()
+    got = client.post("/v1/detect", json={"images": [{"base64": _b64(s.encoded)}]}).json()
     assert got["detections"] == ref["detections"] and len(ref["detections"]) >= 3
-    url = "data:image/jpeg;base64," + _b64(s.jpeg)
+    url = "data:image/jpeg;base64," + _b64(s.encoded)
     got = client.post("/v1/detect", json={"images": [{"url": url}]}).json()
     assert got["detections"] == ref["detections"]
     # Options in the body, as JS clients send them; two images give a list.
     many = client.post(
         "/v1/detect",
-        json={"images": [{"base64": _b64(s.jpeg)}] * 2, "conf_threshold": 0.9},
+        json={"images": [{"base64": _b64(s.encoded)}] * 2, "conf_threshold": 0.9},
     ).json()
     assert len(many) == 2 and all(d["confidence"] >= 0.9 for d in many[0]["detections"])
     assert len(many[0]["detections"]) < len(ref["detections"])
@@ -178,7 +178,7 @@ def test_bad_json_input_is_a_clear_4xx(client, body, status, words):
 
 
 def test_image_urls_only_from_allowed_hosts_within_limits(client, host):
-    ref = client.post("/v1/detect", files={"image": ("a.jpg", _sample(1).jpeg)}).json()
+    ref = client.post("/v1/detect", files={"image": ("a.jpg", _sample(1).encoded)}).json()
     got = client.post("/v1/detect", json={"images": [{"url": f"{host.url}/a.jpg"}]}).json()
     assert got["detections"] == ref["detections"]
     # A redirect on the same host is followed; one to another host is not.
@@ -207,8 +207,12 @@ def test_image_urls_are_off_by_default():
 
 def test_coco_results_are_the_detections_in_cocos_layout(client):
     s1, s2 = _sample(1), _sample(3)
-    ref = [client.post("/v1/detect", files={"image": ("a.jpg", s.jpeg)}).json() for s in (s1, s2)]
-    body = {"images": [{"base64": _b64(s1.jpeg), "id": 17}, {"base64": _b64(s2.jpeg), "id": 4}]}
+    ref = [
+        client.post("/v1/detect", files={"image": ("a.jpg", s.encoded)}).json() for s in (s1, s2)
+    ]
+    body = {
+        "images": [{"base64": _b64(s1.encoded), "id": 17}, {"base64": _b64(s2.encoded), "id": 4}]
+    }
     coco = client.post("/v1/detect", params={"format": "coco"}, json=body).json()
     assert len(coco) == sum(len(r["detections"]) for r in ref)
     for image_id, r in zip((17, 4), ref, strict=True):
@@ -224,7 +228,7 @@ def test_coco_results_are_the_detections_in_cocos_layout(client):
     r = client.post(
         "/v1/detect",
         params={"format": "coco"},
-        files=[("image", ("a.jpg", s1.jpeg)), ("image", ("b.jpg", s2.jpeg))],
+        files=[("image", ("a.jpg", s1.encoded)), ("image", ("b.jpg", s2.encoded))],
     ).json()
     assert {c["image_id"] for c in r} == {0, 1}
 
@@ -245,7 +249,7 @@ def test_kserve_v2_with_tritonclient(server, client):
     assert md["outputs"] == [{"name": "grid", "datatype": "FP32", "shape": [-1, 7, 7, 15]}]
 
     # Encoded images (BYTES) give the grid /v1/detect computes.
-    jpegs = [_sample(1).jpeg, _sample(3).jpeg]
+    jpegs = [_sample(1).encoded, _sample(3).encoded]
     inp = triton.InferInput("image_bytes", [2], "BYTES")
     inp.set_data_from_numpy(np.array(jpegs, dtype=object))
     res = t.infer("yolov1", [inp], outputs=[triton.InferRequestedOutput("grid")])
@@ -302,7 +306,7 @@ def test_kserve_v2_hand_written_requests_from_the_spec(client):
     r2 = client.post("/v2/models/yolov1/versions/1/infer", json=nested).json()
     np.testing.assert_allclose(r2["outputs"][0]["data"], out["data"], atol=1e-6)
     image = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
-                         "data": [_b64(_sample(1).jpeg)]}]}  # fmt: skip
+                         "data": [_b64(_sample(1).encoded)]}]}  # fmt: skip
     assert client.post("/v2/models/yolov1/infer", json=image).json()["outputs"][0]["shape"] == [
         1, 7, 7, 15,
     ]  # fmt: skip
@@ -360,7 +364,7 @@ def test_label_studio_backend_as_label_studio_calls_it(client, studio):
     body = {
         "tasks": [
             task,
-            {**task, "id": 10, "data": {"image": "data:image/jpeg;base64," + _b64(s.jpeg)}},
+            {**task, "id": 10, "data": {"image": "data:image/jpeg;base64," + _b64(s.encoded)}},
         ],
         "model_version": "default-v1",
         "project": "3.1732000000",
@@ -373,7 +377,7 @@ def test_label_studio_backend_as_label_studio_calls_it(client, studio):
     # The same picture, once as Label Studio's uploaded file and once as a data URL.
     assert len(results) == 2 and len(results[0]["result"]) == len(results[1]["result"])
     assert ("/data/upload/3/task.jpg", "Token ls-token") in studio.requests
-    ref = client.post("/v1/detect", files={"image": ("a.jpg", s.jpeg)}).json()
+    ref = client.post("/v1/detect", files={"image": ("a.jpg", s.encoded)}).json()
     names = {"circle": "Circle", "square": "square", "triangle": "triangle", "cross": "cross"}
     want = [d for d in ref["detections"] if d["class_name"] in names]
     pred = results[1]
@@ -414,20 +418,20 @@ def test_label_studio_bad_requests_say_why(client, change, words):
 def test_python_client_detect_and_loss(server, client, tmp_path):
     s = _sample(1)
     path = tmp_path / "a.jpg"
-    path.write_bytes(s.jpeg)
+    path.write_bytes(s.encoded)
     with Client(server.url) as c:
         one = c.detect(path, include_raw=True)
         assert (
             one["detections"]
-            == client.post("/v1/detect", files={"image": ("a.jpg", s.jpeg)}).json()["detections"]
+            == client.post("/v1/detect", files={"image": ("a.jpg", s.encoded)}).json()["detections"]
         )
-        two = c.detect([s.jpeg, path], conf_threshold=0.5, classes=["circle", "square"])
+        two = c.detect([s.encoded, path], conf_threshold=0.5, classes=["circle", "square"])
         assert len(two) == 2 and all(
             d["class_name"] in ("circle", "square") for d in two[0]["detections"]
         )
-        coco = c.detect(s.jpeg, format="coco")
+        coco = c.detect(s.encoded, format="coco")
         assert len(coco) == len(one["detections"])
-        assert c.detect(s.jpeg, format="image")[:8] == b"\x89PNG\r\n\x1a\n"
+        assert c.detect(s.encoded, format="image")[:8] == b"\x89PNG\r\n\x1a\n"
         grid = np.asarray(one["raw"], np.float32)[None]
         labels = [[{"class_id": int(r[0]), "box": [float(v) for v in r[1:]]} for r in s.labels]]
         as_json = c.loss(grid.tolist(), labels)
@@ -459,7 +463,7 @@ def test_client_imports_neither_torch_nor_fastapi():
 
 # --- metrics and the schema ------------------------------------------------------------
 def test_metrics_have_units_prefixes_and_model_labels(client):
-    client.post("/v1/detect", files={"image": ("a.jpg", _sample(1).jpeg)})
+    client.post("/v1/detect", files={"image": ("a.jpg", _sample(1).encoded)})
     client.post("/v1/detect", json={"images": [{"base64": "!"}]})
     text = client.get("/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}

@@ -69,7 +69,7 @@ def test_the_api_serves_the_int8_variant_when_asked(tmp_path):
     v = store.ensure_default(DEFAULT_MODEL)
     assert store.onnx_path(v, "int8").exists()  # the registry carries it, checksummed
     assert "model.int8.onnx" in store.verify(v)["sha256"]
-    jpeg = make_sample(sample_seed(99, 1)).jpeg
+    jpeg = make_sample(sample_seed(99, 1)).encoded
     answers = {}
     for precision in ("fp32", "int8"):
         s = Server({"YOLOV1_MODEL_PATH": str(DEFAULT_MODEL), "YOLOV1_PRECISION": precision,

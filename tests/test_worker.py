@@ -377,7 +377,7 @@ def test_hot_swap_under_traffic_and_every_replica_follows(stack):
     c, api = stack["client"], stack["api"]
     from model.shapes import make_sample
 
-    jpeg = make_sample(3).jpeg
+    jpeg = make_sample(3).encoded
     replica = Server(stack["env"])
     replica.wait_ready()
     store = ModelStore(stack["base"] / "store")
@@ -574,4 +574,4 @@ JPEG = {"content-type": "image/jpeg"}
 def _one_jpeg() -> bytes:
     from model.shapes import make_sample
 
-    return make_sample(3).jpeg
+    return make_sample(3).encoded

@@ -177,8 +177,14 @@ async def detect(
     state: StateDep,
     model: ModelDep,
     conf_threshold: Annotated[
-        float, Query(ge=0, le=1, description="minimum class-specific confidence")
-    ] = 0.2,
+        float | None,
+        Query(
+            ge=0,
+            le=1,
+            description="minimum class-specific confidence (default: YOLOV1_CONF_THRESHOLD, "
+            "else the model's calibrated threshold, shown in /v1/models)",
+        ),
+    ] = None,
     iou_threshold: Annotated[float, Query(ge=0, le=1, description="NMS IoU threshold")] = 0.5,
     max_detections: Annotated[int, Query(ge=1, le=1000)] = 100,
     classes: Annotated[
@@ -218,6 +224,8 @@ async def detect(
         raise HTTPException(422, "format=image takes exactly one image")
     if len(images) > 1:
         check_request_pixels(images, state.settings.max_request_pixels)
+    if conf_threshold is None:
+        conf_threshold = state.settings.conf_threshold  # None still: the model's own
     opts = dict(
         conf_threshold=conf_threshold,
         iou_threshold=iou_threshold,
@@ -265,6 +273,9 @@ async def detect(
                     for d in found
                 ],
                 timing_ms=timing,
+                conf_threshold=res.model.detector.conf_threshold
+                if conf_threshold is None
+                else conf_threshold,
                 raw=np.asarray(res.grid, dtype=np.float64).tolist() if include_raw else None,
             )
         )

@@ -95,7 +95,7 @@ async def predict(req: PredictRequest, state: StateDep, model: ModelDep) -> dict
     labels = ls.class_to_label(served.cfg.class_names, target.labels)
     version = model_version(served.name, served.version)
     opts = dict(
-        conf_threshold=float(req.params.get("conf_threshold", 0.2)),
+        conf_threshold=_threshold(req.params.get("conf_threshold"), state.settings.conf_threshold),
         iou_threshold=0.5,
         max_detections=100,
         classes=None,
@@ -115,6 +115,20 @@ async def predict(req: PredictRequest, state: StateDep, model: ModelDep) -> dict
 
     results = await asyncio.gather(*(one(i, t) for i, t in enumerate(req.tasks)))
     return {"results": list(results)}
+
+
+def _threshold(given: Any, setting: float | None) -> float | None:
+    """The request's ``params.conf_threshold``, else the setting, else None (the
+    model's calibrated threshold)."""
+    if given is None:
+        return setting
+    try:
+        value = float(given)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise InputError(422, f"params.conf_threshold must be a number in [0, 1], not {given!r}")
+    return value
 
 
 async def _served(state: AppState, requested: str | None):
