@@ -185,6 +185,15 @@ class ModelInfo(BaseModel):
     )
     training_metrics: dict[str, Any] = {}
     best_val_map50: float | None = None
+    conf_threshold: float = Field(
+        description="detect's default score threshold for this model: its calibrated one "
+        "(YOLOV1_CONF_THRESHOLD, when set, replaces it for every model)"
+    )
+    calibration: dict[str, Any] | None = Field(
+        None,
+        description="yolov1 calibrate: the score at which held-out precision reached "
+        "target_precision, with that precision and recall",
+    )
     warmup_ms: dict[int, float] = {}
 
 

@@ -54,7 +54,7 @@ def grid(client):
 
 
 def _jpeg(seed: int):
-    s = make_sample(sample_seed(4242, seed))
+    s = make_sample(sample_seed(4242, seed), "easy")
     return s.encoded, s.labels, s.image.size
 
 
@@ -646,3 +646,33 @@ def test_memory_of_decoded_images_is_given_back():
         assert rss_mb() - first < 150, (first, rss_mb())
     finally:
         s.stop()
+
+
+def test_default_threshold_is_the_models_calibrated_one_unless_set(tmp_path):
+    """No conf_threshold in the request: YOLOV1_CONF_THRESHOLD if set, else the model's
+    calibrated threshold (``yolov1 calibrate``); the response says which it used."""
+    import shutil
+
+    from model.export import update_metadata
+
+    model = tmp_path / "model.onnx"
+    shutil.copy(DEFAULT_MODEL, model)
+    shutil.copy(DEFAULT_MODEL.with_suffix(".json"), model.with_suffix(".json"))
+    update_metadata(model, calibration={"conf_threshold": 0.6, "precision": 0.9})
+    jpeg = _jpeg(3)[0]
+    for env, expected in (({}, 0.6), ({"YOLOV1_CONF_THRESHOLD": "0.35"}, 0.35)):
+        s = Server({"YOLOV1_MODEL_PATH": str(model), **env})
+        try:
+            s.wait_ready()
+            with httpx.Client(base_url=s.url, timeout=30) as c:
+                active = c.get("/v1/models").json()["active"]
+                assert active["calibration"]["conf_threshold"] == 0.6
+                assert active["conf_threshold"] == 0.6  # the model's own, whatever the setting
+                got = c.post("/v1/detect", files={"image": ("a.jpg", jpeg)}).json()
+                low = c.post("/v1/detect?conf_threshold=0.01", files={"image": ("a.jpg", jpeg)})
+        finally:
+            s.stop()
+        assert got["conf_threshold"] == expected
+        assert all(d["confidence"] >= expected for d in got["detections"])
+        assert low.json()["conf_threshold"] == 0.01
+        assert any(d["confidence"] < expected for d in low.json()["detections"])

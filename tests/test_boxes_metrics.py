@@ -17,7 +17,13 @@ from model.boxes import (
     xyxy_to_cxcywh,
 )
 from model.evaluate import evaluate_grids
-from model.metrics import ImageDetections, ImageTruth, average_precision, evaluate_map
+from model.metrics import (
+    ImageDetections,
+    ImageTruth,
+    average_precision,
+    evaluate_map,
+    score_at_precision,
+)
 
 
 def test_conversions_round_trip_and_empty():
@@ -137,3 +143,27 @@ def test_numpy_modules_do_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_score_at_precision_is_the_lowest_threshold_that_reaches_it():
+    """Two objects; detections by score: hit, miss, hit, miss, miss. Precision of what a
+    threshold keeps: 1, 1/2, 2/3, 2/4, 2/5."""
+    truth = [ImageTruth(np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float), np.array([0, 0]))]
+    far = [50, 50, 60, 60]
+    boxes = np.array([[0, 0, 10, 10], far, [20, 20, 30, 30], far, far], float)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    dets = [ImageDetections(boxes, scores, np.zeros(5, int))]
+    p = score_at_precision(dets, truth, 1, 0.6)
+    assert (p.threshold, p.recall, p.detections) == (0.7, 1.0, 3)
+    assert p.precision == pytest.approx(2 / 3)
+    p = score_at_precision(dets, truth, 1, 0.9)
+    assert (p.threshold, p.precision, p.recall) == (0.9, 1.0, 0.5)
+    assert score_at_precision(dets, truth, 1, 1.01) is None
+    # A miss tied at 0.7 is kept with the hit: 0.7 keeps 2 of 4, so 0.6 needs 0.9.
+    tied = ImageDetections(np.r_[boxes, [far]], np.r_[scores, 0.7], np.zeros(6, int))
+    assert score_at_precision([tied], truth, 1, 0.6).threshold == 0.9
+    # Another class's detections pool with these.
+    other = ImageDetections(np.array([far], float), np.array([0.95]), np.array([1]))
+    both = [ImageDetections(np.r_[boxes, other.boxes], np.r_[scores, 0.95], np.r_[[0] * 5, 1])]
+    assert score_at_precision(both, truth, 2, 0.6) is None  # 0.95 miss, then 1/2, 1/3, 2/4
+    assert score_at_precision(both, truth, 2, 0.5).threshold == 0.7

@@ -77,7 +77,7 @@ def page(browser, stack):
 
 
 def _sample(k: int):
-    return make_sample(sample_seed(31337, k))
+    return make_sample(sample_seed(31337, k), "easy")
 
 
 def _image(tmp: Path, k: int) -> tuple[Path, object]:

@@ -21,7 +21,7 @@ def det():
 
 def _big(seed: int, fmt: str, size=(4000, 3000), **save) -> tuple[bytes, np.ndarray]:
     """A shapes scene blown up to photo size, and its labels."""
-    s = make_sample(sample_seed(31, seed))
+    s = make_sample(sample_seed(31, seed), "easy")
     buf = io.BytesIO()
     s.image.resize(size, Image.BICUBIC).save(buf, format=fmt, **save)
     return buf.getvalue(), s.labels

@@ -27,7 +27,7 @@ LIMIT_MB = 1.0
 
 
 def _sample(k: int):
-    return make_sample(sample_seed(777, k))
+    return make_sample(sample_seed(777, k), "easy")
 
 
 class ImageHost:
@@ -92,7 +92,7 @@ def host() -> Iterator[ImageHost]:
         {
             "/a.jpg": _sample(1).encoded,
             "/big.jpg": b"\xff\xd8" + b"0" * int(2 * LIMIT_MB * 1024 * 1024),
-            "/data/upload/3/task.jpg": _sample(2).encoded,
+            "/data/upload/3/task.jpg": _sample(5).encoded,
         },
         token=None,
     )
@@ -103,7 +103,7 @@ def host() -> Iterator[ImageHost]:
 @pytest.fixture(scope="module")
 def studio() -> Iterator[ImageHost]:
     """Label Studio's file server: uploaded files need its API token."""
-    h = ImageHost({"/data/upload/3/task.jpg": _sample(2).encoded}, token="ls-token")
+    h = ImageHost({"/data/upload/3/task.jpg": _sample(5).encoded}, token="ls-token")
     yield h
     h.close()
 
@@ -348,7 +348,7 @@ def test_label_studio_backend_as_label_studio_calls_it(client, studio):
               "access_token": "abc", "model_version": None, "extra_params": None},
     )  # fmt: skip
     assert setup.status_code == 200 and setup.json()["model_version"] == "default-v1"
-    s = _sample(2)
+    s = _sample(5)
     task = {
         "id": 9,
         "data": {"image": "/data/upload/3/task.jpg"},
@@ -405,6 +405,8 @@ def test_label_studio_backend_as_label_studio_calls_it(client, studio):
         ({"tasks": [{"id": 1, "data": {"img": "x"}}]}, "no image at 'image'"),
         ({"tasks": [{"id": 1, "data": {"image": "http://10.0.0.1/a.jpg"}}]}, "not in YOLOV1_IMAGE"),
         ({"tasks": []}, "at least 1"),
+        ({"params": {"conf_threshold": "high"}}, "params.conf_threshold must be a number"),
+        ({"params": {"conf_threshold": 2}}, "params.conf_threshold must be a number"),
     ],
 )
 def test_label_studio_bad_requests_say_why(client, change, words):
