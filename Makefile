@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= train,api,worker,cpu,dev
 
-.PHONY: install test run run-api bench soak model lint clean containers
+.PHONY: install test run run-api bench gpu-check soak model lint clean containers
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: $(STAMP)
 	cd bench && ../$(BIN)/python bench_train.py
 	cd bench && ../$(BIN)/python bench_worker.py
 	cd bench && ../$(BIN)/python bench_finetune.py
+
+# On a machine with a CUDA GPU: detect with ONNX Runtime's CUDA (and TensorRT) provider
+# and the training step on CUDA in bf16, with make bench's ratios (bench/gpu_check.py).
+gpu-check: $(STAMP)
+	cd bench && ../$(BIN)/python gpu_check.py
 
 # Mixed traffic and abuse against the API and a worker for SOAK_SECONDS (not a test).
 soak: $(STAMP)

@@ -186,8 +186,8 @@ class ModelInfo(BaseModel):
     training_metrics: dict[str, Any] = {}
     best_val_map50: float | None = None
     conf_threshold: float = Field(
-        description="detect's default score threshold for this model: its calibrated one "
-        "(YOLOV1_CONF_THRESHOLD, when set, replaces it for every model)"
+        description="detect's default score threshold: YOLOV1_CONF_THRESHOLD when set, "
+        "else this model's calibrated one (calibration), else 0.2"
     )
     calibration: dict[str, Any] | None = Field(
         None,

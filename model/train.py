@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -69,8 +70,30 @@ class Data:
     val_difficult: list[np.ndarray] | None = None
 
 
-def bf16_supported() -> bool:
+def train_device() -> torch.device:
+    """A CUDA GPU when torch sees one, else the CPU; ``YOLOV1_TRAIN_DEVICE`` (``cpu``,
+    ``cuda``, ``cuda:1``) chooses."""
+    name = os.environ.get("YOLOV1_TRAIN_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def bf16_supported(device: torch.device | None = None) -> bool:
+    if device is not None and device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def to_device(
+    x: torch.Tensor, labs: list[torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A batch made on the CPU (``make_batch``), where the model is."""
+    if device.type == "cpu":
+        return x, labs
+    return x.to(device, non_blocking=True), [t.to(device, non_blocking=True) for t in labs]
 
 
 def make_batch(
@@ -144,8 +167,8 @@ def train_mode(model: torch.nn.Module, tc: TrainConfig) -> None:
                 m.eval()
 
 
-def use_amp(tc: TrainConfig) -> bool:
-    return tc.amp and bf16_supported()
+def use_amp(tc: TrainConfig, device: torch.device | None = None) -> bool:
+    return tc.amp and bf16_supported(device)
 
 
 @torch.no_grad()
@@ -163,18 +186,19 @@ def evaluate(
     (``model.evaluate``'s rules). ``known_classes``: score only these classes (the
     others' outputs are untrained: a base model before its first step knows none)."""
     model.eval()
+    device = device_of(model)
     sums = dict.fromkeys(TERMS, 0.0)
     ev = Evaluator(cfg.S, cfg.B, cfg.C)
     for start in range(0, len(images), batch_size):
         idx = np.arange(start, min(start + batch_size, len(images)))
-        x, labs = make_batch(images, labels, idx, cfg, tc, None)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_amp(tc)):
+        x, labs = to_device(*make_batch(images, labels, idx, cfg, tc, None), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp(tc, device)):
             pred = model(x)
         pred = pred.float()  # (n, S, S, 5B + C)
         r = yolo_loss(pred, labs, **loss_options(cfg, tc), reduction="sum")
         for k in TERMS:
             sums[k] += float(r.terms[k])
-        grids = pred.numpy()
+        grids = pred.cpu().numpy()
         if known_classes is not None:
             unknown = np.setdiff1d(np.arange(cfg.C), known_classes)
             grids = grids.copy()
@@ -188,12 +212,17 @@ def evaluate(
 
 
 def build_network(
-    cfg: ModelConfig, tc: TrainConfig, init_weights: dict[str, torch.Tensor] | None
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    init_weights: dict[str, torch.Tensor] | None,
+    device: torch.device | None = None,
 ) -> torch.nn.Module:
     torch.manual_seed(tc.seed)
     model = build_model(cfg)
     if init_weights is not None:
         model.load_state_dict(init_weights, strict=False)
+    if device is not None:
+        model = model.to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -284,6 +313,8 @@ def train_one_epoch(
 ) -> tuple[dict[str, float], float, float]:
     """One pass over the training set: mean loss terms per image, images/s, last lr."""
     train_mode(model, tc)
+    device = device_of(model)
+    amp = use_amp(tc, device)
     steps = batches.steps
     warmup = int(tc.warmup_epochs * steps)
     sums, seen, lr, t0 = dict.fromkeys(TERMS, 0.0), 0, tc.learning_rate, time.perf_counter()
@@ -292,9 +323,10 @@ def train_one_epoch(
         if should_cancel is not None and should_cancel():
             raise Cancelled(f"cancelled at epoch {epoch}, step {step}")
         idx, x, labs = batches.get(epoch, step)
+        x, labs = to_device(x, labs, device)
         lr = lr_at(epoch * steps + step, tc.epochs * steps, warmup, tc.learning_rate)
         set_lr(opt, lr, epoch, tc)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_amp(tc)):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             pred = model(x)  # (n, S, S, 5B + C)
         r = yolo_loss(pred, labs, **loss_options(cfg, tc))
         opt.zero_grad(set_to_none=True)
@@ -365,7 +397,9 @@ def train(
     time limit, say) first saves ``interrupted.pt`` with the weights at that step."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = build_network(model_cfg, tc, init_weights)
+    device = train_device()
+    log.info("training on %s (bf16 autocast: %s)", device, use_amp(tc, device))
+    model = build_network(model_cfg, tc, init_weights, device)
     opt = build_optimizer(model, tc)
     state = restore(resume, model, opt) if resume is not None else Progress()
     last_path, best_path = out / "last.pt", out / "best.pt"

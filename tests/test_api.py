@@ -667,7 +667,7 @@ def test_default_threshold_is_the_models_calibrated_one_unless_set(tmp_path):
             with httpx.Client(base_url=s.url, timeout=30) as c:
                 active = c.get("/v1/models").json()["active"]
                 assert active["calibration"]["conf_threshold"] == 0.6
-                assert active["conf_threshold"] == 0.6  # the model's own, whatever the setting
+                assert active["conf_threshold"] == expected
                 got = c.post("/v1/detect", files={"image": ("a.jpg", jpeg)}).json()
                 low = c.post("/v1/detect?conf_threshold=0.01", files={"image": ("a.jpg", jpeg)})
         finally:

@@ -111,8 +111,12 @@ def test_detect_draws_what_the_api_finds_and_filters_on_the_page(page, stack, tm
     page.set_input_files("#image-input", str(path))
     page.wait_for_selector("#results article")
     drawn = _boxes(page)
+    # The slider starts at the model's calibrated threshold (the API's default).
+    default = httpx.get(f"{stack['url']}/v1/models").json()["active"]["conf_threshold"]
+    conf = round(default, 2)
+    assert float(page.input_value("#conf")) == conf
     api = httpx.post(f"{stack['url']}/v1/detect", files={"image": ("a.jpg", sample.encoded)},
-                     params={"conf_threshold": 0.2, "iou_threshold": 0.5}).json()  # fmt: skip
+                     params={"conf_threshold": conf, "iou_threshold": 0.5}).json()  # fmt: skip
     want = api["detections"]
     assert len(drawn) == len(want) >= 2
     # The same boxes as the API's own threshold and NMS, in the same places.
@@ -147,7 +151,7 @@ def test_detect_draws_what_the_api_finds_and_filters_on_the_page(page, stack, tm
     top = max(d["conf"] for d in drawn)
     page.fill("#conf", f"{min(top + 0.01, 1):.2f}")
     assert len(_boxes(page)) == 0
-    page.fill("#conf", "0.2")
+    page.fill("#conf", f"{conf:.2f}")
     assert len(_boxes(page)) == len(drawn)
     first = drawn[0]["cls"]
     page.uncheck(f"#class-filter input[data-class={first}]")

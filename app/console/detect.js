@@ -52,6 +52,16 @@ export function setClasses(names) {
     el("span", { class: "swatch", style: `background:${color(k)}` }), n)));
 }
 
+// The served model's default threshold (calibrated to precision 0.9), until the
+// visitor moves the slider.
+export function setDefaultConf(value) {
+  const slider = document.getElementById("conf");
+  const v = Math.round(value * 100) / 100; // the slider's step
+  if (state.confTouched || value == null || Number(slider.value) === v) return;
+  slider.value = v;
+  renderAll();
+}
+
 function sliders() {
   return [Number(document.getElementById("conf").value), Number(document.getElementById("iou").value)];
 }
@@ -197,6 +207,7 @@ export function initDetect() {
     if (files.length) { location.hash = "#detect"; addFiles(files); }
   });
   for (const id of ["conf", "iou"]) document.getElementById(id).addEventListener("input", renderAll);
+  document.getElementById("conf").addEventListener("input", () => { state.confTouched = true; });
   document.getElementById("try-sample").addEventListener("click", () => guarded(async () => {
     const r = await fetch("/console/sample.jpg");
     await addFiles([new File([await r.blob()], "sample.jpg", { type: "image/jpeg" })]);

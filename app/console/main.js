@@ -2,7 +2,7 @@
 // No state on the server beyond the API's own; the API key lives in sessionStorage.
 
 import { askKey, key } from "./api.js";
-import { initDetect, setClasses } from "./detect.js";
+import { initDetect, setClasses, setDefaultConf } from "./detect.js";
 import { initJobs, leaveJob, refreshJobs, showJob } from "./jobs.js";
 import { onServedModel, refreshModels } from "./models.js";
 import { initScore, setGrid } from "./score.js";
@@ -26,7 +26,7 @@ function route() {
 }
 
 function init() {
-  onServedModel((m) => { setClasses(m.classes); setGrid(m.grid); });
+  onServedModel((m) => { setClasses(m.classes); setGrid(m.grid); setDefaultConf(m.conf_threshold); });
   initDetect();
   initScore();
   initJobs();

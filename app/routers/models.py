@@ -41,8 +41,11 @@ def _versions(state) -> list[dict[str, Any]]:
 
 @router.get("", response_model=ModelsResponse, summary="The served model and every version")
 def list_models(model: ModelDep, state: StateDep, _auth: ReadAuthDep) -> ModelsResponse:
+    info = model.describe()
+    if state.settings.conf_threshold is not None:
+        info["conf_threshold"] = state.settings.conf_threshold
     return ModelsResponse(
-        active=ModelInfo(**model.describe()),
+        active=ModelInfo(**info),
         provider=model.detector.provider,
         versions=_versions(state),
         last_swap_error=state.manager.last_error,
