@@ -70,6 +70,7 @@ def _submit(client, **overrides) -> str:
         "epochs": 2,
         "batch_size": 8,
         "augment": False,
+        "early_stop_patience": 0,  # these tests count epochs; early stopping has its own
         **overrides,
     }
     r = client.post("/v1/jobs", json=body, headers=AUTH)
@@ -244,7 +245,8 @@ def test_python_client_jobs_metrics_and_resumable_events(stack, tmp_path):
         assert summary["images"] == 16 and summary["format"] == "yolo"
         # A long job holds the single worker, so the next one stays queued and quiet.
         long_id = c.submit_job({"dataset": {"format": "shapes", "images": 48}, "epochs": 200,
-                                "batch_size": 8, "augment": False})  # fmt: skip
+                                "batch_size": 8, "augment": False,
+                                "early_stop_patience": 0})  # fmt: skip
         quiet_id = c.submit_job({"dataset": {"format": "shapes", "images": 8}, "epochs": 1})
         _wait(stack["client"], long_id, lambda j: (j["progress"] or {}).get("images_per_s"))
         text = stack["client"].get("/metrics").text
