@@ -38,7 +38,7 @@ def test_files_metadata_and_size():
     model.load_state_dict(ckpt["model"])  # rebuilt from its own metadata
 
 
-@pytest.mark.parametrize("level, floor", [("easy", 0.97), ("hard", 0.85)])
+@pytest.mark.parametrize("level, floor", [("easy", 0.97), ("hard", 0.88)])
 def test_detects_held_out_shapes(level, floor):
     # A quick check on 80 held-out images of two levels (floors below the 500-image
     # figures README reports, for the noise of 80 images).
