@@ -84,7 +84,7 @@ class MicroBatcher:
         def job() -> tuple[P, np.ndarray, float]:
             prepared = prepare()
             t0 = time.perf_counter()
-            grid = model.run(prepared.array[None])[0]
+            grid = model.run_alone(prepared.array[None])[0]
             return prepared, grid, time.perf_counter() - t0
 
         self._busy += 1
