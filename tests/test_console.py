@@ -227,6 +227,11 @@ def test_jobs_from_the_page_curves_activation_and_cancel(page, browser, stack, t
     ) == 1
     # The upload fills in the job form: its data set, its format.
     assert page.input_value("#job-source") == "upload" and page.input_value("#job-dataset")
+    # Empty fields mean the service's fine-tuning defaults, which the form shows.
+    defaults = httpx.get(f"{stack['url']}/openapi.json").json()["components"]["schemas"]
+    epochs = defaults["JobRequest"]["properties"]["epochs"]["default"]
+    page.wait_for_selector(f"#job-epochs[placeholder='default {epochs}']")
+    assert page.input_value("#job-lr") == ""  # left out of the request: the default applies
     page.fill("#job-epochs", "2")
     page.fill("#job-batch", "8")
     page.click("#job-form button[type=submit]")

@@ -103,16 +103,33 @@ function jobRequest() {
   const format = document.getElementById("job-format").value;
   const dataset = source === "shapes" ? { format: "shapes", images: Number(document.getElementById("job-images").value) }
     : source === "upload" ? { format, dataset_id: ds } : { format, path: ds };
+  // Empty fields are left out: the service's fine-tuning defaults apply.
+  const optional = (id) => {
+    const v = document.getElementById(id).value.trim();
+    return v === "" ? undefined : Number(v);
+  };
   return {
     dataset,
-    epochs: Number(document.getElementById("job-epochs").value),
-    batch_size: Number(document.getElementById("job-batch").value),
-    learning_rate: Number(document.getElementById("job-lr").value),
+    epochs: optional("job-epochs"),
+    batch_size: optional("job-batch"),
+    learning_rate: optional("job-lr"),
     auto_activate: document.getElementById("job-activate").checked,
   };
 }
 
+// The defaults come from the API's own schema, so the form says what an empty field means.
+async function showDefaults() {
+  try {
+    const spec = await (await fetch("/openapi.json")).json();
+    const props = spec.components.schemas.JobRequest.properties;
+    for (const [id, name] of [["job-epochs", "epochs"], ["job-batch", "batch_size"], ["job-lr", "learning_rate"]]) {
+      if (props[name]?.default !== undefined) document.getElementById(id).placeholder = `default ${props[name].default}`;
+    }
+  } catch { /* the generic placeholder stays */ }
+}
+
 export function initJobs() {
+  showDefaults();
   document.getElementById("job-form").addEventListener("submit", (e) => {
     e.preventDefault();
     guarded(async () => {
