@@ -55,7 +55,7 @@ def measure(N: int, S: int, B: int, C: int) -> None:
     t_torch = best_of(torch_fwd_bwd, repeat)
     t_np = best_of(lambda: yolo_loss_numpy(pred, labels), repeat)
     pred_l, labels_l = pred.tolist(), [lab.tolist() for lab in labels]
-    t_ref = best_of(lambda: reference_loss(pred_l, labels_l, S, B, C), 3 if N <= 64 else 1)
+    t_ref = best_of(lambda: reference_loss(pred_l, labels_l, S, B, C), 10 if N <= 64 else 2)
     us = 1e6 / N
     line = "  %-24s: %8.2f ms  %6.1f us/image  %5.1fx faster"
     log.info("batch %d:", N)

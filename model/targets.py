@@ -37,6 +37,9 @@ def validate_labels(labels: Sequence[object], n_images: int, C: int) -> list[np.
         raise ValueError(f"got {len(labels)} label lists for {n_images} images")
     out: list[np.ndarray] = []
     for i, lab in enumerate(labels):
+        if isinstance(lab, np.ndarray) and lab.dtype == np.float64 and lab.shape[1:] == (5,):
+            out.append(lab.reshape(-1, 5))  # already what the checks below would make
+            continue
         if hasattr(lab, "detach"):  # a torch tensor; stay torch-free otherwise
             lab = lab.detach().cpu().numpy()
         arr = np.asarray(lab, dtype=np.float64)
