@@ -135,10 +135,58 @@ def decide(result: TrainResult, spec: JobSpec) -> tuple[bool, bool, str]:
     return True, True, f"{gain}; registered and activated"
 
 
+# A validation split with fewer objects than this says too little about where precision
+# reaches 0.9: the new version keeps its base version's threshold instead.
+CALIBRATION_MIN_OBJECTS = 30
+
+
+def calibrate_version(
+    onnx_path: Path, data: Data, base: dict | None, precision: float = 0.9
+) -> dict | None:
+    """The new version's default score threshold, as ``yolov1 calibrate`` finds it: the
+    lowest at which its detections (best class, NMS) on the job's validation split are
+    ``precision`` right. With too few objects there, or none reaching it, the base
+    version's calibration (``base``) carries over. Written into the model's metadata."""
+    from model.evaluate import Evaluator
+    from model.export import update_metadata
+    from model.infer import OnnxDetector
+    from model.metrics import score_at_precision
+
+    det = OnnxDetector(onnx_path)
+    c = det.cfg
+    difficult = data.val_difficult or [np.zeros(len(lab), bool) for lab in data.val_labels]
+    ev = Evaluator(c.S, c.B, c.C, every_class=False)
+    for i in range(0, len(data.val_images), 32):
+        part = slice(i, i + 32)
+        ev.add(det.run(data.val_images[part]), data.val_labels[part], difficult[part])
+    objects = sum(int((~d).sum()) for d in difficult)
+    point = score_at_precision(ev.detections, ev.truths, c.C, precision)
+    if point is not None and objects >= CALIBRATION_MIN_OBJECTS:
+        cal = {
+            "conf_threshold": round(point.threshold, 4),
+            "precision": round(point.precision, 4),
+            "recall": round(point.recall, 4),
+            "target_precision": precision,
+            "data": "the job's validation split",
+            "images": len(data.val_images),
+        }
+    elif base is not None:
+        why = "too few objects" if point is not None else f"precision {precision} not reached"
+        cal = {**base, "inherited": f"from the base version: {why} ({objects} objects)"}
+    else:
+        return None
+    update_metadata(onnx_path, calibration=cal)
+    return cal
+
+
 def register_version(
     store: ModelStore, spec: JobSpec, run_dir: Path, result: TrainResult, ds, cfg, rebuilt, data
 ) -> int:
+    from model.infer import read_metadata
+
     export_onnx(result.best_checkpoint, run_dir / "model.onnx", real_images=data.val_images[:4])
+    base = read_metadata(store.onnx_path(spec.base_version)).get("calibration")
+    calibration = calibrate_version(run_dir / "model.onnx", data, base)
     slim_checkpoint(result.best_checkpoint, run_dir / "model.pt")
     files = {n: run_dir / n for n in ("model.onnx", "model.json", "model.pt")}
     int8_note = quantize_version(run_dir, data) if spec.int8 else None
@@ -161,6 +209,7 @@ def register_version(
             "history": [asdict(h) for h in result.history],
         },
         "head_rebuilt": rebuilt,
+        "calibration": calibration,
         "int8": int8_note or ("registered" if spec.int8 else "not asked for"),
     }
     return store.register(files, meta)

@@ -482,8 +482,12 @@ def test_odd_values_are_a_4xx_not_a_500(client):
         headers={"content-type": "image/jpeg"},
     )
     assert r.status_code == 422 and "unknown class" in r.text
-    body = b'{"predictions": [[[[0.5]]]], "labels": [[{"class_id": 1' + b"0" * 400 + b"""
+    body = (
+        b'{"predictions": [[[[0.5]]]], "labels": [[{"class_id": 1'
+        + b"0" * 400
+        + b"""
         , "box": [0.5, 0.5, 0.1, 0.1]}]], "grid": {"S": 1, "B": 1, "C": 1}}"""
+    )
     r = client.post("/v1/loss", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422
     huge = b'{"predictions": [[[[1' + b"0" * 400 + b']]]], "labels": [[]]}'

@@ -222,9 +222,10 @@ def test_jobs_from_the_page_curves_activation_and_cancel(page, browser, stack, t
     page.click("#upload-form button[type=submit]")
     _answer_key_dialog(page)  # 401: the page asks for the key once, then retries
     page.wait_for_selector("#upload-result :text('24 images')")
-    assert page.get_attribute("#upload-progress", "value") == "1" or page.eval_on_selector(
-        "#upload-progress", "p => p.value"
-    ) == 1
+    assert (
+        page.get_attribute("#upload-progress", "value") == "1"
+        or page.eval_on_selector("#upload-progress", "p => p.value") == 1
+    )
     # The upload fills in the job form: its data set, its format.
     assert page.input_value("#job-source") == "upload" and page.input_value("#job-dataset")
     # Empty fields mean the service's fine-tuning defaults, which the form shows.

@@ -88,6 +88,11 @@ def test_run_finetune_registers_a_version_with_a_rebuilt_head(tmp_path):
     assert meta["parent"] == 1 and meta["dataset"]["classes"][2] == "hexagon"
     side = json.loads((store.path(2) / "model.json").read_text())
     assert side["model_config"]["class_names"] == ["circle", "square", "hexagon", "blob", "ring"]
+    # 3 validation images are too few to calibrate on: the base version's threshold stays.
+    base_cal = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())["calibration"]
+    assert side["calibration"]["conf_threshold"] == base_cal["conf_threshold"]
+    assert side["calibration"]["inherited"].startswith("from the base version")
+    assert meta["calibration"] == side["calibration"]
     assert any("epoch_metrics" in p for p in seen)
     # int8 asked for: registered beside the fp32 model, or refused with the figures.
     if meta["int8"] == "registered":
@@ -109,3 +114,25 @@ def test_prune_keeps_the_newest_the_active_and_its_parent(tmp_path):
     assert store.prune(2) == [1, 4]
     assert store.versions() == [2, 3, 5, 6] and store.active_version() == 3
     assert store.register(files, {"name": "next"}) == 7
+
+
+def test_a_new_version_is_calibrated_on_the_jobs_validation_split(tmp_path):
+    import numpy as np
+
+    from model.data import shapes_dataset, to_arrays
+    from model.finetune import calibrate_version
+    from model.infer import OnnxDetector
+    from model.train import Data
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(DEFAULT_MODEL.read_bytes())
+    model.with_suffix(".json").write_bytes(DEFAULT_MODEL.with_suffix(".json").read_bytes())
+    X, L = to_arrays(shapes_dataset(40, 17, "medium"), 224)
+    data = Data(X[:0], [], X, L, [np.zeros(len(lab), bool) for lab in L])
+    cal = calibrate_version(model, data, {"conf_threshold": 0.99})
+    assert cal["data"] == "the job's validation split" and cal["images"] == 40
+    assert cal["precision"] >= 0.9 and cal["conf_threshold"] < 0.99
+    assert OnnxDetector(model).conf_threshold == cal["conf_threshold"]
+    # Out of reach: the base version's threshold, said to be inherited.
+    cal = calibrate_version(model, data, {"conf_threshold": 0.3}, precision=1.01)
+    assert cal["conf_threshold"] == 0.3 and "not reached" in cal["inherited"]
