@@ -13,34 +13,52 @@ from model.config import ModelConfig, TrainConfig
 from model.data import shapes_dataset, to_arrays
 from model.loss import yolo_loss
 from model.networks import build_model
-from model.train import bf16_supported, make_batch
+from model.train import bf16_supported, make_batch, to_device
 
 
 def images_per_s(
-    cfg: ModelConfig, X, L, *, amp: bool, channels_last: bool, steps: int, batch_size: int = 32
+    cfg: ModelConfig,
+    X,
+    L,
+    *,
+    amp: bool,
+    channels_last: bool,
+    steps: int,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+    warmup: int = 2,
 ) -> float:
+    """The bare loop: forward, loss, backward and step on batches made beforehand."""
+    device = device or torch.device("cpu")
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = build_model(cfg).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     bs = batch_size
     tc = TrainConfig(channels_last=channels_last)
     batches = [
-        make_batch(X, L, np.arange(i * bs, (i + 1) * bs) % len(X), cfg, tc, i)
-        for i in range(steps + 2)
+        to_device(*make_batch(X, L, np.arange(i * bs, (i + 1) * bs) % len(X), cfg, tc, i), device)
+        for i in range(steps + warmup)
     ]
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     n = 0
     for i, (x, labs) in enumerate(batches):
-        if i == 2:
+        if i == warmup:  # after cuDNN's autotuning and the allocator's first growth
+            sync()
             t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             pred = model(x)
         r = yolo_loss(pred, labs, S=cfg.S, B=cfg.B, C=cfg.C)
         opt.zero_grad()
         r.total.backward()
         opt.step()
-        n += len(x) if i >= 2 else 0
+        n += len(x) if i >= warmup else 0
+    sync()
     return n / (time.perf_counter() - t0)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import sys
 import tempfile
-import time
 
 import numpy as np
 from common import DEFAULT_MODEL, log, p50, setup_logging, timed
@@ -80,45 +79,9 @@ def _map_with(det, ds) -> float:
     return ev.result().map
 
 
-def images_per_s(cfg, X, L, device, *, amp: bool, channels_last: bool, steps: int = 20) -> float:
-    import torch
-
-    from model.config import TrainConfig
-    from model.loss import yolo_loss
-    from model.networks import build_model
-    from model.train import make_batch, to_device
-
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    tc = TrainConfig(channels_last=channels_last)
-    bs = 32
-    batches = [
-        to_device(*make_batch(X, L, np.arange(i * bs, (i + 1) * bs) % len(X), cfg, tc, i), device)
-        for i in range(steps + 3)
-    ]
-    n, t0 = 0, 0.0
-    for i, (x, labs) in enumerate(batches):
-        if i == 3:  # after cuDNN's autotuning and the allocator's first growth
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            pred = model(x)
-        r = yolo_loss(pred, labs, S=cfg.S, B=cfg.B, C=cfg.C)
-        opt.zero_grad()
-        r.total.backward()
-        opt.step()
-        n += len(x) if i >= 3 else 0
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return n / (time.perf_counter() - t0)
-
-
 def check_train() -> bool:
     import torch
+    from bench_train import images_per_s
 
     from model.config import ModelConfig, TrainConfig
     from model.data import shapes_dataset, to_arrays
@@ -128,10 +91,10 @@ def check_train() -> bool:
     cfg = ModelConfig(arch="tiny-yolov1", input_size=224, C=5, head_activation="sigmoid")
     X, L = to_arrays(shapes_dataset(256, 77), cfg.input_size)
     bf16 = bf16_supported(cuda)
-    fp32 = images_per_s(cfg, X, L, cuda, amp=False, channels_last=False)
-    fast = images_per_s(cfg, X, L, cuda, amp=bf16, channels_last=True)
-    cpu = images_per_s(cfg, X, L, torch.device("cpu"), amp=bf16_supported(), channels_last=True,
-                       steps=4)  # fmt: skip
+    on_gpu = dict(steps=20, warmup=3, device=cuda)
+    fp32 = images_per_s(cfg, X, L, amp=False, channels_last=False, **on_gpu)
+    fast = images_per_s(cfg, X, L, amp=bf16, channels_last=True, **on_gpu)
+    cpu = images_per_s(cfg, X, L, amp=bf16_supported(), channels_last=True, steps=4)
     log.info(
         "train tiny-yolov1 224 on %s: fp32 eager %.0f img/s | trainer (bf16=%s, "
         "channels_last) %.0f img/s | ratio %.2fx | %.1fx the CPU trainer (%.0f img/s)",

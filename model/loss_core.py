@@ -176,12 +176,19 @@ def compute_loss(
         for k, v in target_arrays(targets, cfg.S, cfg.B).items()
     }
     terms = loss_terms(xp, pred, t, cfg, wide=wide, narrow=narrow)
+    return loss_result(terms, targets.objects, targets.dropped, reduction)
+
+
+def loss_result(
+    terms: dict[str, Any], objects: Any, dropped: Any, reduction: Reduction
+) -> LossResult:
+    """Per-image ``(N,)`` terms -> the result: the image totals and the reduction."""
     per_image = dict(terms)
     per_image["total"] = sum(terms[k] for k in TERMS)
     return LossResult(
         total=reduce(per_image["total"], reduction),
         terms={k: reduce(terms[k], reduction) for k in TERMS},
         per_image=per_image,
-        objects=targets.objects,
-        dropped=targets.dropped,
+        objects=objects,
+        dropped=dropped,
     )

@@ -19,13 +19,12 @@ import numpy as np
 
 from model.grid import corners, iou_xyxy
 from model.loss_core import (
-    TERMS,
     ConfidenceTarget,
     LossConfig,
     LossResult,
     Reduction,
     check_config,
-    reduce,
+    loss_result,
 )
 from model.targets import assign_cells
 
@@ -93,12 +92,4 @@ def yolo_loss_numpy(
         "noobj": lambda_noobj * noobj,
         "class": per_image(cls_err),
     }
-    per = dict(terms)
-    per["total"] = sum(terms[k] for k in TERMS)
-    return LossResult(
-        total=reduce(per["total"], reduction),
-        terms={k: reduce(terms[k], reduction) for k in TERMS},
-        per_image=per,
-        objects=a.objects,
-        dropped=a.dropped,
-    )
+    return loss_result(terms, a.objects, a.dropped, reduction)
