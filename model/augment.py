@@ -59,8 +59,15 @@ def hsv_jitter(img: np.ndarray, rng: np.random.Generator, *, factor: float = 1.5
         f = np.minimum(np.float32(sat), v / np.maximum(v - low, np.float32(1e-6)))
     else:
         f = np.float32(sat)
-    x = (v - (v - x) * f) * np.float32(exposure)
-    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+    # x = (v - (v - x) * f) * exposure + 0.5, in place: the same float32 operations in
+    # the same order (the same bits), without five image-sized temporaries.
+    np.subtract(v, x, out=x)
+    x *= f
+    np.subtract(v, x, out=x)
+    x *= np.float32(exposure)
+    x += np.float32(0.5)
+    np.clip(x, 0, 255, out=x)
+    return x.astype(np.uint8)
 
 
 def hflip(img: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
