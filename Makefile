@@ -54,7 +54,7 @@ gpu-check: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python scripts/soak.py
 
-# The shipped default model, from scratch (deterministic; see README for the time it takes).
+# The shipped default model, from scratch (fixed data and seeds; README has the time it takes).
 model: $(STAMP)
 	$(BIN)/yolov1 train --data shapes --preset default --out runs/default
 	$(BIN)/yolov1 export runs/default/best.pt models/default/model.onnx \
