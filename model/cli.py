@@ -276,15 +276,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     point = score_at_precision(ev.detections, ev.truths, len(ds.class_names), args.precision)
     if point is None:
         raise SystemExit(f"no score threshold reaches precision {args.precision} on {args.data}")
-    cal = {
-        "conf_threshold": round(point.threshold, 4),
-        "precision": round(point.precision, 4),
-        "recall": round(point.recall, 4),
-        "target_precision": args.precision,
-        "data": args.data,
-        "images": len(ds),
-    }
-    update_metadata(args.model, calibration=cal)
+    update_metadata(args.model, calibration=point.calibration(args.precision, args.data, len(ds)))
     print(
         f"{args.model}: precision {point.precision:.3f} (target {args.precision}) from score "
         f"{point.threshold:.3f}, recall {point.recall:.3f} on {len(ds)} images of {args.data}; "

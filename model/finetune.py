@@ -162,14 +162,7 @@ def calibrate_version(
     objects = sum(int((~d).sum()) for d in difficult)
     point = score_at_precision(ev.detections, ev.truths, c.C, precision)
     if point is not None and objects >= CALIBRATION_MIN_OBJECTS:
-        cal = {
-            "conf_threshold": round(point.threshold, 4),
-            "precision": round(point.precision, 4),
-            "recall": round(point.recall, 4),
-            "target_precision": precision,
-            "data": "the job's validation split",
-            "images": len(data.val_images),
-        }
+        cal = point.calibration(precision, "the job's validation split", len(data.val_images))
     elif base is not None:
         why = "too few objects" if point is not None else f"precision {precision} not reached"
         cal = {**base, "inherited": f"from the base version: {why} ({objects} objects)"}

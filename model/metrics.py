@@ -170,6 +170,17 @@ class OperatingPoint:
     recall: float
     detections: int
 
+    def calibration(self, target: float, data: str, images: int) -> dict:
+        """As a model's metadata records it (``calibration``)."""
+        return {
+            "conf_threshold": round(self.threshold, 4),
+            "precision": round(self.precision, 4),
+            "recall": round(self.recall, 4),
+            "target_precision": target,
+            "data": data,
+            "images": images,
+        }
+
 
 def score_at_precision(
     detections: Sequence[ImageDetections],
