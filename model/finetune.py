@@ -116,10 +116,12 @@ def prepare_data(ds: DetectionDataset, spec: JobSpec, size: int) -> Data:
     return Data(Xtr, Ltr, Xva, Lva, difficult_flags(va))
 
 
-def decide(result: TrainResult, spec: JobSpec) -> tuple[bool, bool, str]:
+def decide(result: TrainResult, spec: JobSpec, val_objects: int) -> tuple[bool, bool, str]:
     """(register, activate, why): a version is registered only when a trained epoch
-    beats the base model on the same validation split, and activated only then and
-    when the job asked for it."""
+    beats the base model on the same validation split by more than one validation
+    object's worth (``1 / val_objects``: a gain that small is one hit or miss, which a
+    split of a few images turns up by chance), and activated only then and when the
+    job asked for it."""
     base, best = result.history[0].val_map, result.best_map
     if not best > base:
         return (
@@ -128,6 +130,17 @@ def decide(result: TrainResult, spec: JobSpec) -> tuple[bool, bool, str]:
             f"no epoch beat the base model on the validation split (base mAP@0.5 "
             f"{base:.4f}, best epoch {result.best_epoch}: {best:.4f}); nothing was "
             "registered and the served model is unchanged",
+        )
+    margin = 1.0 / max(val_objects, 1)
+    if not best - base > margin:
+        return (
+            False,
+            False,
+            f"the best epoch ({result.best_epoch}: mAP@0.5 {best:.4f}) beat the base model "
+            f"({base:.4f}) by {best - base:.4f}, no more than one of the validation split's "
+            f"{val_objects} objects can swing it ({margin:.4f}): too little to trust; nothing "
+            "was registered and the served model is unchanged (a larger validation split "
+            "tells smaller gains apart)",
         )
     gain = f"best epoch {result.best_epoch}: mAP@0.5 {best:.4f} against the base model's {base:.4f}"
     if not spec.auto_activate:
@@ -275,7 +288,9 @@ def run_finetune(
         should_cancel=should_cancel,
         checkpoint_on=checkpoint_on,
     )
-    register, activate, reason = decide(result, spec)
+    difficult = data.val_difficult or [np.zeros(len(lab), bool) for lab in data.val_labels]
+    val_objects = sum(int((~d).sum()) for d in difficult)
+    register, activate, reason = decide(result, spec, val_objects)
     version = (
         register_version(store, spec, run_dir, result, ds, cfg, rebuilt, data) if register else None
     )

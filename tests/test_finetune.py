@@ -136,3 +136,22 @@ def test_a_new_version_is_calibrated_on_the_jobs_validation_split(tmp_path):
     # Out of reach: the base version's threshold, said to be inherited.
     cal = calibrate_version(model, data, {"conf_threshold": 0.3}, precision=1.01)
     assert cal["conf_threshold"] == 0.3 and "not reached" in cal["inherited"]
+
+
+def test_a_gain_within_one_validation_objects_worth_is_not_promoted():
+    from pathlib import Path
+
+    from model.finetune import decide
+    from model.train import EpochMetrics, TrainResult
+
+    def result(base: float, best: float) -> TrainResult:
+        history = [EpochMetrics(0, {}, val_map=base), EpochMetrics(1, {}, val_map=best)]
+        return TrainResult(Path("best.pt"), Path("last.pt"), history, best, 1)
+
+    spec = JobSpec(dataset_format="shapes", auto_activate=True)
+    # 40 validation objects: one hit or miss moves mAP by about 1/40 = 0.025.
+    register, activate, why = decide(result(0.8886, 0.9048), spec, 40)
+    assert not register and not activate and "too little to trust" in why and "40 objects" in why
+    assert decide(result(0.8886, 0.9048), spec, 400)[:2] == (True, True)
+    assert decide(result(0.55, 0.81), spec, 40)[:2] == (True, True)
+    assert decide(result(0.9, 0.8), spec, 400)[0] is False
