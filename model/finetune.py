@@ -148,6 +148,11 @@ def decide(result: TrainResult, spec: JobSpec, val_objects: int) -> tuple[bool, 
     return True, True, f"{gain}; registered and activated"
 
 
+def val_difficult(data: Data) -> list[np.ndarray]:
+    """Each validation image's ``(k,)`` difficult flags (none when the data set has none)."""
+    return data.val_difficult or [np.zeros(len(lab), bool) for lab in data.val_labels]
+
+
 # A validation split with fewer objects than this says too little about where precision
 # reaches 0.9: the new version keeps its base version's threshold instead.
 CALIBRATION_MIN_OBJECTS = 30
@@ -167,7 +172,7 @@ def calibrate_version(
 
     det = OnnxDetector(onnx_path)
     c = det.cfg
-    difficult = data.val_difficult or [np.zeros(len(lab), bool) for lab in data.val_labels]
+    difficult = val_difficult(data)
     ev = Evaluator(c.S, c.B, c.C, every_class=False)
     for i in range(0, len(data.val_images), 32):
         part = slice(i, i + 32)
@@ -288,8 +293,7 @@ def run_finetune(
         should_cancel=should_cancel,
         checkpoint_on=checkpoint_on,
     )
-    difficult = data.val_difficult or [np.zeros(len(lab), bool) for lab in data.val_labels]
-    val_objects = sum(int((~d).sum()) for d in difficult)
+    val_objects = sum(int((~d).sum()) for d in val_difficult(data))
     register, activate, reason = decide(result, spec, val_objects)
     version = (
         register_version(store, spec, run_dir, result, ds, cfg, rebuilt, data) if register else None
