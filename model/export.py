@@ -112,8 +112,7 @@ def export_onnx(
         "epochs_trained": len(history),
     }
     proto = onnx.load(str(tmp))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    _embed(proto, metadata)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(tmp))
     rng = np.random.default_rng(0)
@@ -132,6 +131,16 @@ def export_onnx(
     return metadata
 
 
+def _embed(proto: Any, metadata: dict[str, Any]) -> None:
+    """Set the model's metadata entry in an ONNX ``ModelProto`` (replacing any)."""
+    for entry in proto.metadata_props:
+        if entry.key == METADATA_KEY:
+            entry.value = json.dumps(metadata)
+            return
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+
+
 def update_metadata(onnx_path: str | Path, **fields: Any) -> dict[str, Any]:
     """Set top-level metadata ``fields`` in an exported model, inside the ONNX file and in
     its sidecar alike; return the new metadata."""
@@ -142,13 +151,7 @@ def update_metadata(onnx_path: str | Path, **fields: Any) -> dict[str, Any]:
     onnx_path = Path(onnx_path)
     metadata = {**read_metadata(onnx_path), **fields}
     proto = onnx.load(str(onnx_path))
-    for entry in proto.metadata_props:
-        if entry.key == METADATA_KEY:
-            entry.value = json.dumps(metadata)
-            break
-    else:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    _embed(proto, metadata)
     tmp = onnx_path.with_suffix(".tmp.onnx")
     onnx.save(proto, str(tmp))
     tmp.replace(onnx_path)
