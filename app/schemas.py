@@ -248,6 +248,22 @@ class JobRequest(BaseModel):
         le=1000,
         description="stop after this many epochs without a better val mAP (0: never)",
     )
+    ema_decay: float = Field(
+        FINETUNE.ema_decay,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="validate and keep a moving average of the weights with this decay "
+        "per step (0: the weights as trained)",
+    )
+    keep_base: float = Field(
+        FINETUNE.keep_base,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="move the result this share of the way back to the base model's "
+        "weights (outputs of new classes stay as trained)",
+    )
     lambda_coord: float = Field(FINETUNE.lambda_coord, ge=0, le=1000, allow_inf_nan=False)
     lambda_noobj: float = Field(FINETUNE.lambda_noobj, ge=0, le=1000, allow_inf_nan=False)
     confidence_target: Literal["iou", "one"] = "iou"

@@ -13,7 +13,7 @@ from model.config import ModelConfig, TrainConfig
 from model.data import shapes_dataset, to_arrays
 from model.loss import yolo_loss
 from model.networks import build_model
-from model.train import bf16_supported, make_batch, to_device
+from model.train import bf16_supported, build_optimizer, make_batch, to_device
 
 
 def images_per_s(
@@ -27,16 +27,18 @@ def images_per_s(
     batch_size: int = 32,
     device: torch.device | None = None,
     warmup: int = 2,
+    tc: TrainConfig | None = None,
 ) -> float:
-    """The bare loop: forward, loss, backward and step on batches made beforehand."""
+    """The bare loop: forward, loss, backward, clipping and the optimizer's step (``tc``'s,
+    the paper's SGD by default) on batches made beforehand."""
     device = device or torch.device("cpu")
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    tc = tc or TrainConfig(channels_last=channels_last)
+    opt = build_optimizer(model, tc)
     bs = batch_size
-    tc = TrainConfig(channels_last=channels_last)
     batches = [
         to_device(*make_batch(X, L, np.arange(i * bs, (i + 1) * bs) % len(X), cfg, tc, i), device)
         for i in range(steps + warmup)
@@ -56,6 +58,7 @@ def images_per_s(
         r = yolo_loss(pred, labs, S=cfg.S, B=cfg.B, C=cfg.C)
         opt.zero_grad()
         r.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
         n += len(x) if i >= warmup else 0
     sync()

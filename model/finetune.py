@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from model.config import JobSpec, ModelConfig
+from model.config import JobSpec, ModelConfig, TrainConfig
 from model.data import (
     DetectionDataset,
     difficult_flags,
@@ -24,9 +25,33 @@ from model.evaluate import evaluate_grids
 from model.export import export_onnx, slim_checkpoint
 from model.networks import build_model
 from model.registry import ModelStore
-from model.train import Data, TrainResult, train
+from model.train import Data, TrainResult, build_network, evaluate, train
 
 log = logging.getLogger(__name__)
+
+
+def output_keys(model: torch.nn.Module) -> list[str]:
+    """The state-dict keys of the layer that writes the grid (the head's last with weights)."""
+    name, _ = [
+        (n, m) for n, m in model.head.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)
+    ][-1]
+    return [f"head.{name}.weight", f"head.{name}.bias"]
+
+
+def channel_map(old: ModelConfig, new: ModelConfig) -> tuple[list[int], list[int]]:
+    """(old channels, new channels) of the grid's box channels and of the classes both
+    know, matched by name; the new network's other channels are classes the old lacks."""
+    B = new.B
+    old_index = {n: i for i, n in enumerate(old.class_names)}
+    known = [
+        (5 * B + old_index[n], 5 * B + j) for j, n in enumerate(new.class_names) if n in old_index
+    ]
+    return list(range(5 * B)) + [o for o, _ in known], list(range(5 * B)) + [n for _, n in known]
+
+
+def _by_channel(w: torch.Tensor, channels: int) -> torch.Tensor:
+    # The output layer's rows: (S*S, 5B+C) for a linear head, (5B+C) for a conv head.
+    return w.reshape(w.shape[0] // channels, channels, *w.shape[1:])  # (cells, 5B + C, ...)
 
 
 def adapt_head(
@@ -36,35 +61,68 @@ def adapt_head(
 
     Returns the state dict for ``build_model(new)`` and whether the class part
     of the head was rebuilt. Box channels and the channels of classes present
-    in both are copied; new classes start from the new network's initialisation.
+    in both are copied; new classes start from the new network's initialisation
+    (also when there are as many classes as before, but not the same).
     """
-    target = build_model(new).state_dict()
     if old.class_names == new.class_names:
         return dict(state), False
-    B = new.B
-    old_index = {n: i for i, n in enumerate(old.class_names)}
-    src_ch = list(range(5 * B))
-    dst_ch = list(range(5 * B))
-    for j, name in enumerate(new.class_names):
-        if name in old_index:
-            src_ch.append(5 * B + old_index[name])
-            dst_ch.append(5 * B + j)
+    net = build_model(new)
+    target, outputs = net.state_dict(), output_keys(net)
+    src_ch, dst_ch = channel_map(old, new)
     out: dict[str, torch.Tensor] = {}
     for key, value in target.items():
         base = state.get(key)
-        if base is not None and base.shape == value.shape:
-            out[key] = base.clone()
-            continue
-        if base is None:
-            out[key] = value
-            continue
-        # The last layer: outputs are (S*S, 5B+C) for a linear head, (5B+C) for a conv head.
-        cells = value.shape[0] // new.channels
-        new_w = value.clone().reshape(cells, new.channels, *value.shape[1:])
-        old_w = base.reshape(cells, old.channels, *base.shape[1:])
-        new_w[:, dst_ch] = old_w[:, src_ch]
-        out[key] = new_w.reshape(value.shape)
+        if key in outputs:
+            new_w = _by_channel(value.clone(), new.channels)
+            new_w[:, dst_ch] = _by_channel(base, old.channels)[:, src_ch]
+            out[key] = new_w.reshape(value.shape)
+        else:
+            out[key] = base.clone() if base is not None and base.shape == value.shape else value
     return out, True
+
+
+def blend(
+    trained: dict[str, torch.Tensor],
+    start: dict[str, torch.Tensor],
+    share: float,
+    old: ModelConfig,
+    new: ModelConfig,
+) -> dict[str, torch.Tensor]:
+    """``trained`` moved ``share`` of the way back to the ``start`` weights (WiSE-FT,
+    Wortsman et al. 2022: on the fine-tuning bench, 0.1 kept the old classes closer
+    to where they were and lost nothing on the new). Outputs of classes the base
+    model does not know have no base to move to: they stay as trained."""
+    out = {
+        k: (1 - share) * v + share * start[k] if v.dtype.is_floating_point else v
+        for k, v in trained.items()
+    }
+    if old.class_names != new.class_names:
+        _, known = channel_map(old, new)
+        fresh = [c for c in range(new.channels) if c not in known]
+        for key in output_keys(build_model(new)):
+            w = _by_channel(out[key], new.channels)
+            w[:, fresh] = _by_channel(trained[key], new.channels)[:, fresh]
+    return out
+
+
+def keep_some_base(
+    result: TrainResult,
+    start: dict[str, torch.Tensor],
+    tc: TrainConfig,
+    old: ModelConfig,
+    new: ModelConfig,
+    data: Data,
+) -> TrainResult:
+    """The best epoch's weights blended back toward ``start`` (:func:`blend`), saved as
+    ``blended.pt`` beside it and scored on the validation split: the result to judge."""
+    ckpt = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)
+    ckpt["model"] = blend(ckpt["model"], start, tc.keep_base, old, new)
+    model = build_network(new, tc, ckpt["model"])
+    _, val_map = evaluate(model, data.val_images, data.val_labels, new, tc, data.val_difficult)
+    ckpt["best_map"] = val_map
+    path = result.best_checkpoint.with_name("blended.pt")
+    torch.save(ckpt, path)
+    return replace(result, best_checkpoint=path, best_map=val_map)
 
 
 def load_job_dataset(spec: JobSpec) -> DetectionDataset:
@@ -293,8 +351,18 @@ def run_finetune(
         should_cancel=should_cancel,
         checkpoint_on=checkpoint_on,
     )
+    blended = ""
+    if spec.train.keep_base > 0 and result.best_epoch > 0:
+        old = replace(cfg, class_names=base_classes, C=len(base_classes))
+        trained_map = result.best_map
+        result = keep_some_base(result, weights, spec.train, old, cfg, data)
+        blended = (
+            f" (the best epoch's weights moved {spec.train.keep_base:.0%} of the way back to "
+            f"the base model's: val mAP@0.5 {trained_map:.4f} -> {result.best_map:.4f})"
+        )
     val_objects = sum(int((~d).sum()) for d in val_difficult(data))
     register, activate, reason = decide(result, spec, val_objects)
+    reason += blended
     version = (
         register_version(store, spec, run_dir, result, ds, cfg, rebuilt, data) if register else None
     )

@@ -8,6 +8,7 @@ resumed run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -240,7 +241,32 @@ def build_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Opti
                 groups.append({"params": params, "weight_decay": wd, "backbone": backbone})
     if tc.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=tc.learning_rate, momentum=tc.momentum)
-    return torch.optim.AdamW(groups, lr=tc.learning_rate)
+    # The fused kernel: 2.2 ms a step for the default model on 2 cores, against 5-7 ms
+    # for the per-parameter loop (the default off CUDA).
+    return torch.optim.AdamW(groups, lr=tc.learning_rate, fused=True)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (and batch-norm statistics).
+
+    The decay ramps up from 0 over the first steps (``(1 + n) / (10 + n)`` until it
+    reaches ``decay``), so a short job's average is not dominated by its start."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, now in zip(
+            self.module.state_dict().values(), model.state_dict().values(), strict=True
+        ):
+            if avg.dtype.is_floating_point:
+                avg.mul_(d).add_(now.detach(), alpha=1 - d)
+            else:
+                avg.copy_(now)
 
 
 @dataclass
@@ -254,9 +280,17 @@ class Progress:
     step: int = 0  # the step of the epoch running now
 
 
-def restore(path: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> Progress:
+def restore(
+    path: str | Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    ema: WeightAverage | None = None,
+) -> Progress:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt.get("trained_model", ckpt["model"]))
+    if ema is not None:
+        ema.module.load_state_dict(ckpt["model"])
+        ema.updates = ckpt.get("ema_updates", 0)
     opt.load_state_dict(ckpt["optimizer"])
     torch.set_rng_state(ckpt["torch_rng"])
     return Progress(
@@ -310,6 +344,7 @@ def train_one_epoch(
     state: Progress,
     progress: Callable[[dict], None] | None,
     should_cancel: Callable[[], bool] | None,
+    ema: WeightAverage | None = None,
 ) -> tuple[dict[str, float], float, float]:
     """One pass over the training set: mean loss terms per image, images/s, last lr."""
     train_mode(model, tc)
@@ -333,6 +368,8 @@ def train_one_epoch(
         r.total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
+        if ema is not None:
+            ema.update(model)
         seen += len(idx)
         terms = {k: float(v.detach()) for k, v in r.terms.items()}
         for k in TERMS:
@@ -361,9 +398,19 @@ def checkpoint(
     epoch: int,
     cfg: ModelConfig,
     tc: TrainConfig,
+    ema: WeightAverage | None = None,
 ) -> dict:
+    """``model``: the weights to use (the average when there is one); the weights as
+    trained, to resume from, are ``trained_model`` then."""
+    weights = {"model": model.state_dict()}
+    if ema is not None:
+        weights = {
+            "model": ema.module.state_dict(),
+            "trained_model": model.state_dict(),
+            "ema_updates": ema.updates,
+        }
     return {
-        "model": model.state_dict(),
+        **weights,
         "optimizer": opt.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "epoch": epoch,
@@ -401,7 +448,9 @@ def train(
     log.info("training on %s (bf16 autocast: %s)", device, use_amp(tc, device))
     model = build_network(model_cfg, tc, init_weights, device)
     opt = build_optimizer(model, tc)
-    state = restore(resume, model, opt) if resume is not None else Progress()
+    ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
+    state = restore(resume, model, opt, ema) if resume is not None else Progress()
+    scored = model if ema is None else ema.module  # what is validated, kept and exported
     last_path, best_path = out / "last.pt", out / "best.pt"
     if baseline and not state.history:
         val_terms, val_map = evaluate(
@@ -422,10 +471,10 @@ def train(
     try:
         for epoch in range(state.start_epoch, tc.epochs):
             train_terms, speed, lr = train_one_epoch(
-                model, opt, batches, model_cfg, tc, epoch, state, progress, should_cancel
+                model, opt, batches, model_cfg, tc, epoch, state, progress, should_cancel, ema
             )
             val_terms, val_map = evaluate(
-                model, data.val_images, data.val_labels, model_cfg, tc, data.val_difficult
+                scored, data.val_images, data.val_labels, model_cfg, tc, data.val_difficult
             )
             m = EpochMetrics(epoch + 1, train_terms, val_terms, val_map, speed, lr)
             state.history.append(m)
@@ -436,7 +485,7 @@ def train(
             improved = val_map > state.best_map or not best_path.exists()
             if improved and not math.isnan(val_map):
                 state.best_map, state.best_epoch = val_map, m.epoch
-            ckpt = checkpoint(model, opt, state, epoch, model_cfg, tc)
+            ckpt = checkpoint(model, opt, state, epoch, model_cfg, tc, ema)
             _atomic_save(ckpt, last_path)
             if improved:
                 _atomic_save(ckpt, best_path)
@@ -447,7 +496,10 @@ def train(
                 break
     except checkpoint_on:
         # Stopped from outside (a time limit): keep where it got to, then let it propagate.
-        interrupted = {**checkpoint(model, opt, state, epoch, model_cfg, tc), "step": state.step}
+        interrupted = {
+            **checkpoint(model, opt, state, epoch, model_cfg, tc, ema),
+            "step": state.step,
+        }
         _atomic_save(interrupted, out / "interrupted.pt")
         raise
     finally:

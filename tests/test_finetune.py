@@ -35,6 +35,37 @@ def test_adapt_head_matches_classes_by_name():
         assert torch.allclose(y_new[..., 10], y_old[..., 12], atol=1e-5)  # "c" moved
         same, rebuilt = adapt_head(base, old, old)
         assert not rebuilt and all(torch.equal(same[k], base[k]) for k in base)
+        # As many classes as before but not the same: matched by name all the same.
+        swapped = ModelConfig(
+            arch=arch, input_size=size, S=2, C=3, class_names=["c", "z", "a"], width=8
+        )
+        state, rebuilt = adapt_head(base, old, swapped)
+        m_new = build_model(swapped).eval()
+        m_new.load_state_dict(state)
+        with torch.no_grad():
+            y_new = m_new(x)
+        assert rebuilt and torch.allclose(y_new[..., 10], y_old[..., 12], atol=1e-5)
+        assert torch.allclose(y_new[..., 12], y_old[..., 10], atol=1e-5)
+
+
+def test_blend_moves_known_weights_back_and_keeps_new_outputs():
+    from model.finetune import blend, output_keys
+
+    old = ModelConfig(input_size=64, S=2, C=2, class_names=["a", "b"], width=8)
+    new = ModelConfig(input_size=64, S=2, C=3, class_names=["b", "new", "a"], width=8)
+    start, _ = adapt_head(build_model(old).state_dict(), old, new)
+    trained = {k: v + 1.0 if v.dtype.is_floating_point else v + 1 for k, v in start.items()}
+    out = blend(trained, start, 0.25, old, new)
+    weight, bias = output_keys(build_model(new))
+    for k, v in out.items():
+        if not v.dtype.is_floating_point:
+            assert torch.equal(v, trained[k]), k  # counters (batch-norm's) as trained
+        elif k not in (weight, bias):
+            assert torch.allclose(v, start[k] + 0.75), k
+    fresh = 5 * new.B + 1  # "new": no base to move back to
+    assert torch.equal(out[bias][fresh], trained[bias][fresh])
+    assert torch.allclose(out[bias][: 5 * new.B], start[bias][: 5 * new.B] + 0.75)
+    assert torch.allclose(out[weight][5 * new.B + 2], start[weight][5 * new.B + 2] + 0.75)
 
 
 def test_registry_atomic_versions_checksums_and_active(tmp_path):

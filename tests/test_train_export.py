@@ -74,11 +74,14 @@ def test_overfits_a_handful_of_images(small_data, tmp_path):
     assert len(rows) == 1 + tc.epochs
 
 
-def test_resume_continues_exactly(small_data, tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_continues_exactly(small_data, tmp_path, ema_decay):
     from model.train import Cancelled
 
     X, L = small_data
-    tc = TrainConfig(epochs=3, batch_size=4, optimizer="sgd", learning_rate=0.01, seed=3)
+    tc = TrainConfig(
+        epochs=3, batch_size=4, optimizer="sgd", learning_rate=0.01, seed=3, ema_decay=ema_decay
+    )
     full = train(_cfg(), tc, Data(X, L, X[:4], L[:4]), tmp_path / "full")
     # The same run, stopped at the first step of epoch 3 (2 steps an epoch) ...
     calls = iter(range(100))
@@ -98,10 +101,17 @@ def test_resume_continues_exactly(small_data, tmp_path):
         tmp_path / "part",
         resume=tmp_path / "part" / "last.pt",
     )
-    a = torch.load(full.last_checkpoint, weights_only=False)["model"]
-    b = torch.load(resumed.last_checkpoint, weights_only=False)["model"]
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    a = torch.load(full.last_checkpoint, weights_only=False)
+    b = torch.load(resumed.last_checkpoint, weights_only=False)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    if ema_decay:  # "model" is the average (what is exported), "trained_model" resumes
+        assert b["ema_updates"] == 6
+        for k in a["trained_model"]:
+            assert torch.equal(a["trained_model"][k], b["trained_model"][k]), k
+        assert not torch.equal(b["model"]["head.3.weight"], b["trained_model"]["head.3.weight"])
+    else:
+        assert "trained_model" not in b
     assert resumed.history[-1].train == full.history[-1].train
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
 
