@@ -211,6 +211,10 @@ class DatasetRef(BaseModel):
     images: int = Field(64, ge=4, le=100_000, description="shapes only: images to generate")
 
 
+# A share in [0, 1): the constraints of the fields that say how much of something.
+BELOW_ONE: dict[str, Any] = {"ge": 0, "lt": 1, "allow_inf_nan": False}
+
+
 class JobRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -250,17 +254,13 @@ class JobRequest(BaseModel):
     )
     ema_decay: float = Field(
         FINETUNE.ema_decay,
-        ge=0,
-        lt=1,
-        allow_inf_nan=False,
+        **BELOW_ONE,
         description="validate and keep a moving average of the weights with this decay "
         "per step (0: the weights as trained)",
     )
     keep_base: float = Field(
         FINETUNE.keep_base,
-        ge=0,
-        lt=1,
-        allow_inf_nan=False,
+        **BELOW_ONE,
         description="move the result this share of the way back to the base model's "
         "weights (outputs of new classes stay as trained)",
     )
