@@ -55,18 +55,23 @@ def _by_channel(w: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def adapt_head(
-    state: dict[str, torch.Tensor], old: ModelConfig, new: ModelConfig
+    state: dict[str, torch.Tensor], old: ModelConfig, new: ModelConfig, seed: int = 0
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """Base weights for a network with ``new``'s classes, matched by name.
 
     Returns the state dict for ``build_model(new)`` and whether the class part
     of the head was rebuilt. Box channels and the channels of classes present
-    in both are copied; new classes start from the new network's initialisation
-    (also when there are as many classes as before, but not the same).
+    in both are copied; new classes start from the new network's initialisation,
+    drawn from ``seed`` (also when there are as many classes as before, but not
+    the same).
     """
     if old.class_names == new.class_names:
         return dict(state), False
-    net = build_model(new)
+    # Seeded: a job run twice starts from the same weights (torch's own generator is
+    # seeded afresh by every process).
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = build_model(new)
     target, outputs = net.state_dict(), output_keys(net)
     src_ch, dst_ch = channel_map(old, new)
     out: dict[str, torch.Tensor] = {}
@@ -163,7 +168,7 @@ def prepare_model(
         C=len(ds.class_names),
         input_size=spec.image_size or base_cfg.input_size,
     )
-    weights, _ = adapt_head(base["model"], base_cfg, cfg)
+    weights, _ = adapt_head(base["model"], base_cfg, cfg, spec.train.seed)
     return cfg, weights, base_cfg.class_names
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -133,6 +134,16 @@ def test_run_finetune_registers_a_version_with_a_rebuilt_head(tmp_path):
     else:
         assert meta["int8"].startswith("not registered: int8 mAP@0.5")
         assert not store.onnx_path(2, "int8").exists()
+    # The best epoch was blended back toward the base (keep_base), and the reason says so.
+    assert "moved 10% of the way back to the base model's" in out.reason
+    # The same job again, in another store: the same weights, the new classes' too (their
+    # starting weights are drawn from the job's seed, not from torch's per-process one).
+    again = ModelStore(tmp_path / "again")
+    again.ensure_default(DEFAULT_MODEL)
+    run_finetune(replace(spec, int8=False), tmp_path / "run2", again)
+    a = torch.load(store.path(2) / "model.pt", weights_only=False)["model"]
+    b = torch.load(again.path(2) / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_prune_keeps_the_newest_the_active_and_its_parent(tmp_path):
