@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from model.config import JobSpec, ModelConfig, TrainConfig
 from model.data import (
@@ -30,12 +29,10 @@ from model.train import Data, TrainResult, build_network, evaluate, train
 log = logging.getLogger(__name__)
 
 
-def output_keys(model: torch.nn.Module) -> list[str]:
-    """The state-dict keys of the layer that writes the grid (the head's last with weights)."""
-    name, _ = [
-        (n, m) for n, m in model.head.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)
-    ][-1]
-    return [f"head.{name}.weight", f"head.{name}.bias"]
+def output_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    """The state-dict keys of the layer that writes the grid: the head's last two
+    entries (every head ends in a convolution or linear layer with a bias)."""
+    return [k for k in state if k.startswith("head.")][-2:]
 
 
 def channel_map(old: ModelConfig, new: ModelConfig) -> tuple[list[int], list[int]]:
@@ -72,7 +69,8 @@ def adapt_head(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         net = build_model(new)
-    target, outputs = net.state_dict(), output_keys(net)
+    target = net.state_dict()
+    outputs = output_keys(target)
     src_ch, dst_ch = channel_map(old, new)
     out: dict[str, torch.Tensor] = {}
     for key, value in target.items():
@@ -104,7 +102,7 @@ def blend(
     if old.class_names != new.class_names:
         _, known = channel_map(old, new)
         fresh = [c for c in range(new.channels) if c not in known]
-        for key in output_keys(build_model(new)):
+        for key in output_keys(trained):
             w = _by_channel(out[key], new.channels)
             w[:, fresh] = _by_channel(trained[key], new.channels)[:, fresh]
     return out

@@ -57,7 +57,8 @@ def test_blend_moves_known_weights_back_and_keeps_new_outputs():
     start, _ = adapt_head(build_model(old).state_dict(), old, new)
     trained = {k: v + 1.0 if v.dtype.is_floating_point else v + 1 for k, v in start.items()}
     out = blend(trained, start, 0.25, old, new)
-    weight, bias = output_keys(build_model(new))
+    weight, bias = output_keys(start)
+    assert (weight, bias) == ("head.3.weight", "head.3.bias")  # the 1x1 convolution
     for k, v in out.items():
         if not v.dtype.is_floating_point:
             assert torch.equal(v, trained[k]), k  # counters (batch-norm's) as trained
