@@ -124,18 +124,18 @@ class TrainConfig:
 
 
 # Fine-tuning jobs start from a trained model: AdamW at 1e-3 for the whole network, a
-# moving average of the weights (decay 0.99 a step), up to 40 epochs with early stopping
-# after 10 without a better val mAP; the best epoch's average, a tenth of the way back
+# moving average of the weights (decay 0.99 a step), up to 80 epochs with early stopping
+# after 20 without a better val mAP; the best epoch's average, a tenth of the way back
 # to the base weights, is the result. Measured in bench/bench_finetune.py against the
 # alternatives; README's fine-tuning section has the figures.
 FINETUNE = TrainConfig(
-    epochs=40,
+    epochs=80,
     batch_size=16,
     optimizer="adamw",
     learning_rate=1e-3,
     warmup_epochs=1.0,
     backbone_lr_scale=1.0,
-    early_stop_patience=10,
+    early_stop_patience=20,
     ema_decay=0.99,
     keep_base=0.1,
 )
