@@ -269,8 +269,8 @@ class WeightAverage:
                 nows.append(now.detach())
             else:
                 avg.copy_(now)
-        # avg + (1 - d) (now - avg) over all tensors in one call: 0.15 ms a step for the
-        # default model, against 0.72 ms tensor by tensor.
+        # avg + (1 - d) (now - avg) over all tensors in one call: the update takes 0.34 ms a
+        # step for the default model, against 0.72 ms tensor by tensor.
         torch._foreach_lerp_(avgs, nows, 1 - d)
 
 
