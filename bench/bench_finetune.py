@@ -105,6 +105,8 @@ def speed(base: Path, overrides: dict) -> None:
     nothing else."""
     from bench_train import images_per_s
 
+    from model.train import use_amp
+
     data = write_scenes(base / "speed", 200, NEW_JOB + 1000, OLD)
     store = fresh_store(base, "speed-store")
     spec = JobSpec(
@@ -120,7 +122,7 @@ def speed(base: Path, overrides: dict) -> None:
             cfg,
             arrays.train_images,
             arrays.train_labels,
-            amp=tc.amp,
+            amp=use_amp(tc),  # as the job decides: no bf16 where the CPU lacks it
             channels_last=tc.channels_last,
             steps=10,
             batch_size=tc.batch_size,
