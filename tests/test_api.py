@@ -111,6 +111,9 @@ def test_raw_body_multi_image_and_png(client):
     ]
     r = client.post("/v1/detect", files=files)
     assert r.status_code == 200 and isinstance(r.json(), list) and len(r.json()) == 2
+    # A part named otherwise ("file", as many tools send it) is the image all the same.
+    alone = client.post("/v1/detect", files={"file": ("a.jpg", data, "image/jpeg")})
+    assert alone.status_code == 200 and alone.json()["detections"] == r.json()[0]["detections"]
     r = client.post("/v1/detect", params={"format": "image"}, files={"image": ("a.jpg", data)})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     img = Image.open(io.BytesIO(r.content))
@@ -251,7 +254,16 @@ def _bad_detect(client, **kw):
         ),
         (dict(files={"image": ("a.jpg", _jpeg(0)[0][:3000], "image/jpeg")}), 400, "truncated"),
         (dict(content=b"x", headers={"content-type": "text/plain"}), 415, "multipart"),
-        (dict(files={"other": ("a.jpg", b"123")}), 422, "'image'"),
+        (dict(files={"other": ("a.jpg", b"123")}), 400, "not a readable image"),
+        (
+            dict(
+                content=b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\n'
+                b"hi\r\n--b--\r\n",
+                headers={"content-type": "multipart/form-data; boundary=b"},
+            ),
+            422,
+            "text fields: note",
+        ),
         (dict(data={"image": "text"}, files={"x": ("a", b"1")}), 422, "file"),
         (
             dict(

@@ -81,7 +81,8 @@ class Upload:
 
 
 async def read_images(request: Request, state: AppState) -> list[bytes]:
-    """The request's images: multipart ``image`` fields, or the raw body."""
+    """The request's images: multipart ``image`` fields (else every file part), or the
+    raw body."""
     s = state.settings
     limit = s.max_upload_bytes
     length = request.headers.get("content-length")
@@ -95,7 +96,16 @@ async def read_images(request: Request, state: AppState) -> list[bytes]:
             raise HTTPException(400, f"malformed multipart body: {exc.message}") from exc
         fields = form.getlist("image")
         if not fields:
-            raise HTTPException(422, "the multipart body has no 'image' file field")
+            # Tools name the part as they like ("file" is common): with no 'image'
+            # field, every file part is an image, in order.
+            fields = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if not fields:
+            names = sorted({k for k, _ in form.multi_items()})
+            raise HTTPException(
+                422,
+                "the multipart body has no file: send each image as a file field named "
+                "'image'" + (f" (found only text fields: {', '.join(names)})" if names else ""),
+            )
         out = []
         for f in fields:
             if not isinstance(f, UploadFile):
