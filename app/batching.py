@@ -98,6 +98,11 @@ class MicroBatcher:
             self.on_batch(model, seconds, [0.0])
         return Ran(prepared, BatchResult(grid, model, seconds * 1000, 0.0, 1))
 
+    def observe(self, model: Any, seconds: float) -> None:
+        """An image run outside the batcher (a lane), counted with the batches."""
+        if self.on_batch is not None:
+            self.on_batch(model, seconds, [0.0])
+
     async def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` (an ONNX Runtime call of its own, e.g. a tensor sent whole) on the
         inference thread, in turn with the batches."""

@@ -54,6 +54,14 @@ def prepare(data: bytes, model: ServedModel, max_pixels: int) -> Prepared:
     return Prepared(w, h, arr, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
 
 
+def in_lane(data: bytes, model: ServedModel, max_pixels: int) -> tuple[Prepared, BatchResult]:
+    """Decode, prepare and run one image on a lane of its own (``ServedModel.lanes``)."""
+    prepared = prepare(data, model, max_pixels)
+    t0 = time.perf_counter()
+    grid = model.run_lane(prepared.array[None])[0]
+    return prepared, BatchResult(grid, model, (time.perf_counter() - t0) * 1000, 0.0, 1)
+
+
 def check_request_pixels(images: list[bytes], limit: int) -> None:
     """Refuse a request whose images hold more than ``limit`` pixels in all, read from
     their headers before any is decoded (each image is also held to ``max_pixels``)."""
@@ -108,6 +116,11 @@ async def detect_image(
             # inference thread (batches that form meanwhile queue behind it).
             ran = await batcher.run_alone(lambda: prepare(data, model, max_pixels), model)
             prepared, result = ran.prepared, ran.result
+        elif model.lanes is not None:
+            prepared, result = await asyncio.get_running_loop().run_in_executor(
+                pool, in_lane, data, model, max_pixels
+            )
+            batcher.observe(model, result.inference_ms / 1000)
         else:
             prepared = await asyncio.get_running_loop().run_in_executor(
                 pool, prepare, data, model, max_pixels

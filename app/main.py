@@ -72,7 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state.cpu_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="cpu")
+        state.cpu_pool = ThreadPoolExecutor(
+            max(settings.decode_threads, settings.lanes), thread_name_prefix="cpu"
+        )
         state.score_pool = ThreadPoolExecutor(1, thread_name_prefix="score")
         state.batcher = MicroBatcher(
             max_batch=settings.batch_max,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ class ServedModel:
     # image that arrives alone, waking sleeping threads costs more than the run itself.
     # Batches use ``detector``, whose threads sleep and leave the cores to decoding.
     alone: OnnxDetector | None = None
+    # On the CPU, one-thread sessions for images that arrive while others are in
+    # flight, each run beside the others (``Settings.cpu_lanes``); None: micro-batch.
+    lanes: queue.SimpleQueue[OnnxDetector] | None = None
 
     @property
     def cfg(self):
@@ -40,6 +44,14 @@ class ServedModel:
 
     def run_alone(self, batch: np.ndarray) -> np.ndarray:
         return (self.alone or self.detector).run(batch)
+
+    def run_lane(self, batch: np.ndarray) -> np.ndarray:
+        """On a free lane's session (waiting for one when every lane is busy)."""
+        session = self.lanes.get()
+        try:
+            return session.run(batch)
+        finally:
+            self.lanes.put(session)
 
     def describe(self) -> dict[str, Any]:
         meta = self.detector.metadata
@@ -72,9 +84,13 @@ def load_served_model(
     providers: list[str] | None = None,
     intra_op_threads: int | None = None,
     warmup_batch_sizes: list[int] = (1,),
+    batcher_sizes: list[int] = (),
     precision: str = "fp32",
+    lanes: int = 0,
 ) -> ServedModel:
-    """Build the session and run it once per served batch size before it takes traffic.
+    """Build the sessions and run them once per served batch size before they take
+    traffic: ``warmup_batch_sizes``, and ``batcher_sizes`` (those the micro-batcher can
+    form) unless ``lanes`` take concurrent images instead (the CPU provider).
 
     Raises ``ValueError`` (or ONNX Runtime's error) for a corrupt or mismatching model.
     """
@@ -84,7 +100,16 @@ def load_served_model(
         det, name or det.metadata.get("name", path.parent.name), version, path, precision,
         alone=alone,
     )  # fmt: skip
-    alone.run(np.zeros((1, det.cfg.input_size, det.cfg.input_size, 3), np.uint8))
+    one = np.zeros((1, det.cfg.input_size, det.cfg.input_size, 3), np.uint8)
+    alone.run(one)
+    if lanes > 0 and det.provider == "CPUExecutionProvider":
+        served.lanes = queue.SimpleQueue()
+        for _ in range(lanes):
+            lane = OnnxDetector(path, providers=providers, intra_op_threads=1, spin=False)
+            lane.run(one)
+            served.lanes.put(lane)
+    if served.lanes is None:
+        warmup_batch_sizes = [*warmup_batch_sizes, *batcher_sizes]
     size = det.cfg.input_size
     for n in sorted(set(warmup_batch_sizes)):
         t0 = time.perf_counter()
@@ -173,9 +198,11 @@ class ModelManager:
             name=name,
             providers=s.providers or None,
             intra_op_threads=s.intra_op_threads,
+            warmup_batch_sizes=s.warmup_batch_sizes,
             # every batch size the batcher can form, so no request meets a cold shape
-            warmup_batch_sizes=[*s.warmup_batch_sizes, *range(1, s.batch_max + 1)],
+            batcher_sizes=list(range(1, s.batch_max + 1)),
             precision=precision,
+            lanes=s.lanes,
         )
 
     def versions(self) -> list[int]:

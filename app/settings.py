@@ -48,7 +48,17 @@ class Settings(BaseSettings):
     warmup_batch_sizes: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [1])
     max_loss_images: int = Field(1024, ge=1)
     decode_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
+    # On the CPU provider, a request that arrives while others are in flight decodes
+    # and runs on a one-thread session of its own, this many side by side, instead of
+    # joining a micro-batch: a batch of 8 is no faster per image than 1 on a CPU, while
+    # decoding one image beside another's inference keeps every core busy. Unset: one
+    # more than the cores (3 on 2 cores beat 2 and 4); 0: micro-batch as on a GPU.
+    cpu_lanes: int | None = Field(None, ge=0, le=64)
     log_level: str = "info"
+
+    @property
+    def lanes(self) -> int:
+        return (os.cpu_count() or 1) + 1 if self.cpu_lanes is None else self.cpu_lanes
 
     # Model registry: when set, the API serves its active version and follows it
     # (`make run` sets model.registry.DEFAULT_STORE, the worker's default); unset,

@@ -4,6 +4,7 @@ model store (no HTTP): batching, a swap mid-traffic, following the store."""
 from __future__ import annotations
 
 import asyncio
+import io
 from types import SimpleNamespace
 
 import numpy as np
@@ -64,6 +65,49 @@ def test_run_alone_returns_named_parts(served):
     ran = asyncio.run(go())
     assert ran.prepared.array is image and ran.result.batch_size == 1
     assert np.allclose(ran.result.grid, served.run(image[None])[0], atol=1e-4)
+
+
+def test_concurrent_images_run_in_lanes_with_the_same_boxes():
+    """On the CPU, images that arrive together each run on a one-thread session of
+    their own (no batch), and find what each finds alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.detection import detect_image
+    from model.shapes import make_sample, sample_seed
+
+    served = load_served_model(DEFAULT_MODEL, version=1, intra_op_threads=1, lanes=2)
+    assert served.lanes is not None and served.lanes.qsize() == 2
+    jpegs = []
+    for i in range(6):
+        buf = io.BytesIO()
+        make_sample(sample_seed(31, i)).image.resize((640, 480)).save(buf, "JPEG")
+        jpegs.append(buf.getvalue())
+    opts = dict(conf_threshold=0.2, iou_threshold=0.5, max_detections=100, classes=None)
+    used = []
+    run_lane = served.run_lane
+    served.run_lane = lambda batch: used.append(len(batch)) or run_lane(batch)
+
+    async def go(together: bool):
+        b = MicroBatcher(max_batch=8, wait_ms=1)
+        b.start()
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                one = lambda d: detect_image(d, served, b, pool, max_pixels=10**8, options=opts)  # noqa: E731
+                if together:
+                    return await asyncio.gather(*(one(d) for d in jpegs))
+                return [await one(d) for d in jpegs]
+        finally:
+            await b.stop()
+
+    alone = asyncio.run(go(False))
+    assert used == []  # one at a time: the idle path, never a lane
+    together = asyncio.run(go(True))
+    assert len(used) >= 4 and set(used) == {1} and served.lanes.qsize() == 2
+    for a, t in zip(alone, together, strict=True):
+        assert [d.class_id for d in a.detections] == [d.class_id for d in t.detections]
+        for da, dt in zip(a.detections, t.detections, strict=True):
+            assert np.allclose(da.box, dt.box, atol=0.5)
+            assert abs(da.confidence - dt.confidence) < 1e-3
 
 
 def _settings(store_root):
