@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from model.grid import cell_boxes, corners, iou_xyxy
+from model.grid import cell_boxes, corner_parts, iou_parts
 from model.targets import GridTargets, build_targets
 
 TERMS = ("coord_xy", "coord_wh", "obj", "noobj", "class")
@@ -45,7 +45,7 @@ def responsible(
     ``(N, S, S, B)``."""
     pcx, pcy, pw, ph = cell_boxes(xp, boxes, idx)  # (N, S, S, B) each
     tcx, tcy, tw, th = (truth[..., k : k + 1] for k in range(4))  # (N, S, S, 1) each
-    iou = iou_xyxy(xp, corners(xp, pcx, pcy, pw, ph), corners(xp, tcx, tcy, tw, th))
+    iou = iou_parts(xp, corner_parts(pcx, pcy, pw, ph), corner_parts(tcx, tcy, tw, th))
     rmse = xp.sqrt((pcx - tcx) ** 2 + (pcy - tcy) ** 2 + (pw - tw) ** 2 + (ph - th) ** 2)
     # darknet's rule: highest IoU; when every IoU is 0, the nearest box (RMSE).
     # argmax/argmin return the first extremum, so ties go to the lowest index.

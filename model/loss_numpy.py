@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.grid import corners, iou_xyxy
+from model.grid import corner_parts, iou_parts
 from model.loss_core import (
     ConfidenceTarget,
     LossConfig,
@@ -63,7 +63,7 @@ def yolo_loss_numpy(
     pcy = (a.row[:, None] + boxes[..., 1]) / S
     pw, ph = boxes[..., 2] ** 2, boxes[..., 3] ** 2
     tcx, tcy, tw, th = (a.labels[:, k : k + 1] for k in range(1, 5))  # (M, 1) each
-    iou = iou_xyxy(np, corners(np, pcx, pcy, pw, ph), corners(np, tcx, tcy, tw, th))  # (M, B)
+    iou = iou_parts(np, corner_parts(pcx, pcy, pw, ph), corner_parts(tcx, tcy, tw, th))  # (M, B)
     rmse = np.sqrt((pcx - tcx) ** 2 + (pcy - tcy) ** 2 + (pw - tw) ** 2 + (ph - th) ** 2)
     # darknet's rule: highest IoU; when every IoU is 0, the nearest box (first on ties).
     best = np.where(iou.max(1, initial=0.0) > 0, iou.argmax(1), rmse.argmin(1))  # (M,)

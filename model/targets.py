@@ -6,6 +6,7 @@ See docs/loss.md for the conventions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,19 +27,31 @@ class GridTargets:
 
 
 def validate_labels(labels: Sequence[object], n_images: int, C: int) -> list[np.ndarray]:
-    """Check every label and return them as ``(k, 5)`` float64 arrays.
+    """Check every label and return them as ``(k, 5)`` float64 arrays, one per image.
 
     Each label row is ``(class_id, cx, cy, w, h)``, all box values fractions of
-    the image. Raises ``ValueError`` naming the image and label index. The checks
-    run once over the batch's rows together: per image they were most of the loss's
-    time at batch 64.
+    the image. Raises ``ValueError`` naming the image and label index.
     """
+    rows, counts = label_rows(labels, n_images, C)
+    return np.split(rows, np.cumsum(counts)[:-1])
+
+
+def label_rows(labels: Sequence[object], n_images: int, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`validate_labels`' checks on the whole batch at once: all the rows,
+    ``(K, 5)`` float64 in image order, and ``(N,)`` int64 counts per image. Checked
+    once over the batch's rows: per image, the checks were most of the loss's time at
+    batch 64."""
     if len(labels) != n_images:
         raise ValueError(f"got {len(labels)} label lists for {n_images} images")
     out: list[np.ndarray] = []
     for i, lab in enumerate(labels):
-        if isinstance(lab, np.ndarray) and lab.dtype == np.float64 and lab.shape[1:] == (5,):
-            out.append(lab.reshape(-1, 5))  # already what the checks below would make
+        if (
+            type(lab) is np.ndarray
+            and lab.ndim == 2
+            and lab.shape[1] == 5
+            and lab.dtype.kind in "fiu"
+        ):
+            out.append(lab)  # the common case, without a copy: concatenated below
             continue
         if hasattr(lab, "detach"):  # a torch tensor; stay torch-free otherwise
             lab = lab.detach().cpu().numpy()
@@ -52,10 +65,26 @@ def validate_labels(labels: Sequence[object], n_images: int, C: int) -> list[np.
                 f"got {arr.shape}"
             )
         out.append(arr)
-    counts = np.array([len(a) for a in out])
-    if counts.sum():
-        _check_rows(np.concatenate(out), counts, C)
-    return out
+    counts = np.fromiter((len(a) for a in out), np.int64, len(out))
+    rows = np.concatenate(out, dtype=np.float64) if out else np.zeros((0, 5))  # (K, 5)
+    if len(rows) and not _all_fine(rows, C):
+        _check_rows(rows, counts, C)
+    return rows, counts
+
+
+def _all_fine(rows: np.ndarray, C: int) -> bool:
+    """Every row valid, from the columns' extremes (NaN and infinities show there):
+    a few array calls instead of one per check; :func:`_check_rows` finds the culprit."""
+    lo, hi = rows.min(0).tolist(), rows.max(0).tolist()  # 5 floats each
+    if not all(map(math.isfinite, lo + hi)):
+        return False
+    c = rows[:, 0]
+    return (
+        lo[0] >= 0 and hi[0] < C
+        and lo[1] >= 0 and hi[1] <= 1 and lo[2] >= 0 and hi[2] <= 1
+        and lo[3] > 0 and hi[3] <= 1 and lo[4] > 0 and hi[4] <= 1
+        and bool((c == np.floor(c)).all())
+    )  # fmt: skip
 
 
 def _check_rows(rows: np.ndarray, counts: np.ndarray, C: int) -> None:
@@ -111,10 +140,8 @@ def assign_cells(labels: Sequence[object], n_images: int, S: int, C: int) -> Cel
     when several objects share a cell the first listed wins and the rest are
     counted in ``dropped``.
     """
-    arrays = validate_labels(labels, n_images, C)
+    allrows, counts = label_rows(labels, n_images, C)  # (K, 5), (N,)
     N = n_images
-    counts = np.array([len(a) for a in arrays], dtype=np.int64)
-    allrows = np.concatenate(arrays) if counts.sum() else np.zeros((0, 5))  # (K, 5)
     img = np.repeat(np.arange(N), counts)  # (K,)
     col = np.minimum(np.floor(allrows[:, 1] * S), S - 1).astype(np.int64)
     row = np.minimum(np.floor(allrows[:, 2] * S), S - 1).astype(np.int64)
