@@ -253,3 +253,25 @@ def test_training_input_is_the_inference_input():
     ref = torch.from_numpy(to_input(X, cfg))
     for channels_last in (True, False):
         assert torch.equal(to_tensor(X, cfg, channels_last), ref)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_batches_are_the_same_whatever_the_number_of_workers(small_data, channels_last):
+    """A GPU's batches are made by several threads: the same images, augmentation and
+    labels, in the same order and memory format, as one thread makes them."""
+    from model.train import Batches
+
+    X, L = small_data
+    tc = TrainConfig(epochs=2, batch_size=5, channels_last=channels_last, seed=3)
+    one, three = (Batches(Data(X, L, X, L), _cfg(), tc, workers=w) for w in (1, 3))
+    try:
+        for epoch, step in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+            i1, x1, l1 = one.get(epoch, step)
+            i3, x3, l3 = three.get(epoch, step)
+            assert np.array_equal(i1, i3) and torch.equal(x1, x3)
+            assert x1.is_contiguous(memory_format=torch.channels_last) == channels_last
+            assert x3.stride() == x1.stride()
+            assert all(torch.equal(a, b) for a, b in zip(l1, l3, strict=True))
+    finally:
+        one.close()
+        three.close()
