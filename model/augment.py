@@ -11,21 +11,33 @@ from PIL import Image
 
 
 def scale_translate(
-    img: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *, jitter: float = 0.2
+    img: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    jitter: float = 0.2,
+    flip: bool | None = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``img`` ``(H, W, 3)`` uint8, ``labels`` ``(k, 5)`` (class, cx, cy, w, h) fractions.
 
     Scales about the centre by ``s`` in [1 - jitter, 1 + jitter] and shifts by up
     to ``jitter`` of the image in x and y. Boxes are clipped to the image; a
-    box keeping less than 40% of its area is dropped.
+    box keeping less than 40% of its area is dropped. ``flip``: then mirror left to
+    right (None: with probability 1/2, drawn after the scale and shift), in the same
+    resampling pass: :func:`hflip` afterwards, without its copy of the image.
     """
     H, W = img.shape[:2]
     s = rng.uniform(1 - jitter, 1 + jitter)
     tx, ty = rng.uniform(-jitter, jitter, 2)
-    # PIL maps each output pixel back to the input: in = (out - centre - t) / s + centre.
+    if flip is None:
+        flip = bool(rng.random() < 0.5)
+    # PIL maps each output pixel back to the input: in = (out - centre - t) / s + centre,
+    # at pixel centres; mirrored, output x reads where x' = W - x would have.
     a, e = 1 / s, 1 / s
     c = W / 2 - (W / 2 + tx * W) / s
     f = H / 2 - (H / 2 + ty * H) / s
+    if flip:
+        a, c = -a, a * W + c
     out = Image.fromarray(img).transform(
         (W, H), Image.AFFINE, (a, 0, c, 0, e, f), Image.BILINEAR, fillcolor=(127, 127, 127)
     )
@@ -39,6 +51,8 @@ def scale_translate(
     kept_area = (x2 - x1) * (y2 - y1)
     keep = (kept_area >= 0.4 * w * h) & (x2 - x1 > 1e-3) & (y2 - y1 > 1e-3)
     new = np.stack([labels[:, 0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], 1)
+    if flip:
+        new[:, 1] = 1.0 - new[:, 1]
     return np.asarray(out), new[keep]
 
 
@@ -80,7 +94,5 @@ def augment(
     img: np.ndarray, labels: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """The full training augmentation of one ``(H, W, 3)`` uint8 image and its labels."""
-    img, labels = scale_translate(img, labels, rng)
-    if rng.random() < 0.5:
-        img, labels = hflip(img, labels)
+    img, labels = scale_translate(img, labels, rng, flip=None)
     return hsv_jitter(img, rng), labels

@@ -206,6 +206,15 @@ def test_augmentation_keeps_boxes_on_their_objects():
             assert np.allclose(fl[0, 1:], _white_box(flipped), atol=0.03)
 
 
+def test_a_flip_in_the_resampling_pass_is_the_flip_after_it():
+    img, lab = _blob_image()
+    for seed in range(10):
+        out, new = scale_translate(img, lab, np.random.default_rng(seed))
+        both, moved = scale_translate(img, lab, np.random.default_rng(seed), flip=True)
+        flipped, fl = hflip(out, new)
+        assert np.array_equal(both, flipped) and np.array_equal(moved, fl)
+
+
 def test_hsv_jitter_keeps_hue_and_scales_value():
     img = np.array([[[200, 100, 50]]], dtype=np.uint8)
     out = hsv_jitter(img, np.random.default_rng(0)).astype(float)[0, 0]
