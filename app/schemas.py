@@ -195,6 +195,11 @@ class ModelInfo(BaseModel):
         "target_precision, with that precision and recall",
     )
     warmup_ms: dict[int, float] = {}
+    cpu_lanes: int = Field(
+        0,
+        description="one-thread sessions that run concurrent images side by side on the "
+        "CPU (YOLOV1_CPU_LANES); 0: they are micro-batched",
+    )
 
 
 class ModelsResponse(BaseModel):

@@ -34,6 +34,7 @@ class ServedModel:
     # On the CPU, one-thread sessions for images that arrive while others are in
     # flight, each run beside the others (``Settings.cpu_lanes``); None: micro-batch.
     lanes: queue.SimpleQueue[OnnxDetector] | None = None
+    lane_count: int = 0
 
     @property
     def cfg(self):
@@ -73,6 +74,7 @@ class ServedModel:
             "conf_threshold": self.detector.conf_threshold,
             "calibration": meta.get("calibration"),
             "warmup_ms": self.warmup_ms,
+            "cpu_lanes": self.lane_count,
         }
 
 
@@ -108,6 +110,7 @@ def load_served_model(
             lane = OnnxDetector(path, providers=providers, intra_op_threads=1, spin=False)
             lane.run(one)
             served.lanes.put(lane)
+        served.lane_count = lanes
     if served.lanes is None:
         warmup_batch_sizes = [*warmup_batch_sizes, *batcher_sizes]
     size = det.cfg.input_size

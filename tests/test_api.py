@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def test_health_ready_models(client):
     assert active["classes"] == ["circle", "square", "triangle", "star", "cross"]
     assert info["provider"] == "CPUExecutionProvider"
     assert active["version"] == 1 and active["best_val_map50"] > 0.5
+    assert active["cpu_lanes"] == (os.cpu_count() or 1) + 1  # the default on the CPU
 
 
 def test_detections_land_on_the_shapes(client):

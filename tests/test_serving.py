@@ -77,6 +77,7 @@ def test_concurrent_images_run_in_lanes_with_the_same_boxes():
 
     served = load_served_model(DEFAULT_MODEL, version=1, intra_op_threads=1, lanes=2)
     assert served.lanes is not None and served.lanes.qsize() == 2
+    assert served.describe()["cpu_lanes"] == 2
     jpegs = []
     for i in range(6):
         buf = io.BytesIO()
