@@ -26,21 +26,14 @@ class GridTargets:
     dropped: np.ndarray  # (N,) int64: objects dropped because their cell was taken
 
 
-def validate_labels(labels: Sequence[object], n_images: int, C: int) -> list[np.ndarray]:
-    """Check every label and return them as ``(k, 5)`` float64 arrays, one per image.
+def label_rows(labels: Sequence[object], n_images: int, C: int) -> tuple[np.ndarray, np.ndarray]:
+    """Check every label and return all the rows, ``(K, 5)`` float64 in image order,
+    with ``(N,)`` int64 counts per image.
 
     Each label row is ``(class_id, cx, cy, w, h)``, all box values fractions of
-    the image. Raises ``ValueError`` naming the image and label index.
-    """
-    rows, counts = label_rows(labels, n_images, C)
-    return np.split(rows, np.cumsum(counts)[:-1])
-
-
-def label_rows(labels: Sequence[object], n_images: int, C: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`validate_labels`' checks on the whole batch at once: all the rows,
-    ``(K, 5)`` float64 in image order, and ``(N,)`` int64 counts per image. Checked
-    once over the batch's rows: per image, the checks were most of the loss's time at
-    batch 64."""
+    the image. Raises ``ValueError`` naming the image and label index. The checks
+    run once over the batch's rows together: per image they were most of the loss's
+    time at batch 64."""
     if len(labels) != n_images:
         raise ValueError(f"got {len(labels)} label lists for {n_images} images")
     out: list[np.ndarray] = []

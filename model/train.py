@@ -323,7 +323,7 @@ class Batches:
         self.steps = max(1, math.ceil(len(data.train_images) / tc.batch_size))
         self.workers = workers
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="batches")
-        self.ahead: dict[tuple[int, int], list[Future]] = {}
+        self.ahead: dict[tuple[int, int], tuple[np.ndarray, list[Future]]] = {}
 
     def indices(self, epoch: int, step: int) -> np.ndarray:
         order = np.random.default_rng((self.tc.seed, epoch)).permutation(
@@ -338,14 +338,17 @@ class Batches:
     def prepare(self, epoch: int, step: int) -> None:
         """Start making a batch now (the next epoch's first during validation, say)."""
         if epoch < self.tc.epochs and (epoch, step) not in self.ahead:
-            parts = np.array_split(self.indices(epoch, step), self.workers)
-            self.ahead[(epoch, step)] = [
-                self.pool.submit(self._make, part, epoch) for part in parts if len(part)
-            ]
+            idx = self.indices(epoch, step)
+            parts = np.array_split(idx, self.workers)
+            self.ahead[(epoch, step)] = (
+                idx,
+                [self.pool.submit(self._make, part, epoch) for part in parts if len(part)],
+            )
 
     def get(self, epoch: int, step: int) -> tuple[np.ndarray, torch.Tensor, list[torch.Tensor]]:
         self.prepare(epoch, step)
-        parts = [f.result() for f in self.ahead.pop((epoch, step))]
+        idx, futures = self.ahead.pop((epoch, step))
+        parts = [f.result() for f in futures]
         self.prepare(*((epoch, step + 1) if step + 1 < self.steps else (epoch + 1, 0)))
         if len(parts) == 1:
             x, labs = parts[0]
@@ -356,7 +359,7 @@ class Batches:
                 else torch.contiguous_format
             )
             labs = [lab for p in parts for lab in p[1]]
-        return self.indices(epoch, step), x, labs
+        return idx, x, labs
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
