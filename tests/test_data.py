@@ -206,7 +206,42 @@ def test_augmentation_keeps_boxes_on_their_objects():
             assert np.allclose(fl[0, 1:], _white_box(flipped), atol=0.03)
 
 
-def test_a_flip_in_the_resampling_pass_is_the_flip_after_it():
+def test_no_scale_or_shift_leaves_every_pixel_where_it_was():
+    # The warp's half-pixel bookkeeping: an off-by-half would blur or move every pixel.
+    img, lab = _blob_image()
+    out, new = scale_translate(img, lab, np.random.default_rng(0), jitter=0.0)
+    assert np.array_equal(out, img) and np.allclose(new, lab)
+
+
+def test_a_scaled_image_matches_the_scaling_of_its_coordinates():
+    # Scaling 1.2x about the centre, no shift: pixel (x, y) reads (x - c) / 1.2 + c.
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    s, (tx, ty), flip = 1.2, (0.0, 0.0), False
+
+    class Fixed:
+        def uniform(self, lo, hi, n=None):
+            return s if n is None else np.array([tx, ty])
+
+        def random(self):
+            return 1.0
+
+    out, _ = scale_translate(img, np.zeros((0, 5), np.float32), Fixed(), flip=flip)
+    ys, xs = np.mgrid[0:64, 0:64] + 0.5
+    sx, sy = (xs - 32) / s + 32 - 0.5, (ys - 32) / s + 32 - 0.5
+    x0, y0 = np.floor(sx).astype(int), np.floor(sy).astype(int)
+    fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
+    f = img.astype(float)
+    ref = (
+        f[y0, x0] * (1 - fx) * (1 - fy) + f[y0, x0 + 1] * fx * (1 - fy)
+        + f[y0 + 1, x0] * (1 - fx) * fy + f[y0 + 1, x0 + 1] * fx * fy
+    )  # fmt: skip
+    # Bilinear to within OpenCV's 1/32-pixel sample positions and fixed-point weights.
+    err = np.abs(out - ref)
+    assert err.max() <= 4 and err.mean() < 0.5, (err.max(), err.mean())
+
+
+def test_a_flip_is_hflip_of_the_same_scaling_and_shift():
     img, lab = _blob_image()
     for seed in range(10):
         out, new = scale_translate(img, lab, np.random.default_rng(seed))
