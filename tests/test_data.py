@@ -367,3 +367,24 @@ def test_voc_and_coco_with_their_own_splits(tmp_path):
     ds = read_dataset(cvat, "yolo")
     assert len(ds) == 3 and {r.split for r in ds.records} == {"train"}
     assert sum(len(r.labels) for r in ds.records) > 0
+
+
+def test_network_input_is_the_arithmetic_and_the_trainers_own():
+    # Every uint8 value in every channel, as serving (to_input) and training (to_tensor)
+    # make it: the same float32 numbers as (x / 255 - mean) / std.
+    from model.config import ModelConfig
+    from model.preprocess import to_input
+    from model.train import to_tensor
+
+    cfg = ModelConfig(input_size=16)
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    batch[1].reshape(-1, 3)[:256] = np.arange(256, dtype=np.uint8)[:, None]  # a view
+    x = batch.astype(np.float32) / np.float32(255.0)
+    want = ((x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)).transpose(
+        0, 3, 1, 2
+    )
+    got = to_input(batch, cfg)
+    assert got.shape == (2, 3, 16, 16) and got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.array_equal(got, want)
+    assert np.array_equal(to_tensor(batch, cfg, channels_last=False).numpy(), want)
