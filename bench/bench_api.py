@@ -12,8 +12,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from common import DEFAULT_MODEL, log, p50, setup_logging, timed
-from PIL import Image
+from common import DEFAULT_MODEL, log, p50, phone_jpeg, setup_logging, timed
 
 from model.infer import OnnxDetector
 from model.loss_numpy import yolo_loss_numpy
@@ -34,12 +33,7 @@ def jpegs(n: int) -> list[bytes]:
 
 def photo_12mp(seed: int = 5) -> bytes:
     """A 4000x3000 JPEG like a phone's: a scene with sensor-like noise, quality 90."""
-    rng = np.random.default_rng(seed)
-    img = make_sample(sample_seed(98, seed)).image.resize((4000, 3000), Image.BICUBIC)
-    noisy = np.asarray(img, np.float32) + rng.normal(0, 4, (3000, 4000, 1)).astype(np.float32)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+    return phone_jpeg(make_sample(sample_seed(98, seed)).image, np.random.default_rng(seed))
 
 
 def post_image(conn: HTTPConnection, data: bytes) -> None:

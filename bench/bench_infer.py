@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from common import DEFAULT_MODEL, log, p50, setup_logging, timed
+from common import DEFAULT_MODEL, log, p50, phone_jpeg, setup_logging, timed
 from PIL import Image
 from scenes import scene
 
@@ -28,11 +28,7 @@ def photo_sized_scenes(n: int) -> list[tuple[bytes, np.ndarray]]:
     for i in range(n):
         data, _, labels = scene(50_000 + i, list(CLASS_NAMES))
         if i % 3 == 0:
-            img = Image.open(io.BytesIO(data)).convert("RGB").resize((4000, 3000), Image.BICUBIC)
-            noisy = np.asarray(img, np.float32) + rng.normal(0, 4, (3000, 4000, 1))
-            buf = io.BytesIO()
-            Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-            data = buf.getvalue()
+            data = phone_jpeg(Image.open(io.BytesIO(data)), rng)
         out.append((data, labels))
     return out
 
