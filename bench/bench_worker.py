@@ -30,8 +30,7 @@ JOB = {
 
 
 def images_per_s(history: list[dict]) -> float:
-    """Median speed of epochs 3 on: the first epochs of a new process run slower (the
-    worker's here: 57, 58, then 67-79 img/s), and a warm process skips that."""
+    """Median speed of epochs 3 on, past the first steps' warm-up in a new process."""
     log.info("img/s by epoch: %s", [round(h["images_per_s"], 1) for h in history[1:]])
     return statistics.median(h["images_per_s"] for h in history if h["epoch"] >= 3)
 
