@@ -170,6 +170,26 @@ def test_detect_draws_what_the_api_finds_and_filters_on_the_page(page, stack, tm
     assert "image" in page.inner_text("#toast").lower()
 
 
+def test_labels_of_boxes_that_start_together_do_not_cover_each_other(page, stack):
+    # Two boxes with the same top edge, side by side, and one far away: the second label
+    # goes a line down, the far one stays above its box (the page's own module).
+    page.goto(stack["url"] + "/")
+    at = page.evaluate(
+        """async () => {
+          const { labelPosition } = await import("/console/detect.js");
+          const placed = [];
+          return [
+            labelPosition({ x1: 100, y1: 200 }, 11, 1, placed),
+            labelPosition({ x1: 130, y1: 205 }, 13, 1, placed),
+            labelPosition({ x1: 500, y1: 200 }, 11, 1, placed),
+          ];
+        }"""
+    )
+    assert at[0] == {"x": 103, "y": 196}
+    assert at[1]["y"] >= at[0]["y"] + 16  # a line below, not on top of the first
+    assert at[2] == {"x": 503, "y": 196}
+
+
 def test_score_example_and_the_loop_from_a_drawn_box(page, stack, tmp_path):
     path, sample = _image(tmp_path, 3)
     page.goto(stack["url"] + "/#score")

@@ -99,6 +99,17 @@ function renderAll() {
   out.replaceChildren(...state.images.map((img, i) => renderOne(img, i, conf, iouMax)));
 }
 
+// Above the box's top left corner; moved down a line at a time while it would cover a
+// label already placed (13 px type: about 8 px a character, 16 px a line).
+export function labelPosition(b, chars, unit, placed) {
+  const x = b.x1 + 3 * unit, w = chars * 8 * unit, h = 16 * unit;
+  let y = Math.max(b.y1 - 4 * unit, 14 * unit);
+  const covers = (p) => x < p.x + p.w && p.x < x + w && Math.abs(y - p.y) < h;
+  for (let tries = 0; tries < 8 && placed.some(covers); tries++) y += h;
+  placed.push({ x, y, w });
+  return { x, y };
+}
+
 function renderOne(img, index, conf, iouMax) {
   const { result } = img;
   const W = result.image.width, H = result.image.height;
@@ -108,14 +119,16 @@ function renderOne(img, index, conf, iouMax) {
   const overlay = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none",
     class: "overlay", "data-width": W, "data-height": H, role: "img",
     "aria-label": `${shown.length} detections` });
+  const placed = [];  // label boxes already drawn, so that no two labels cover each other
   for (const d of shown) {
     const b = d.box;
     const g = svg("g", { class: "box", "data-class": d.class_name, "data-confidence": d.confidence.toFixed(4),
       "data-x1": b.x1.toFixed(1), "data-y1": b.y1.toFixed(1), "data-x2": b.x2.toFixed(1), "data-y2": b.y2.toFixed(1) });
     g.append(svg("rect", { x: b.x1, y: b.y1, width: b.x2 - b.x1, height: b.y2 - b.y1, stroke: color(d.class_id) }));
-    const label = svg("text", { x: b.x1 + 3 * unit, y: Math.max(b.y1 - 4 * unit, 14 * unit),
-      "font-size": 13 * unit, "stroke-width": 3 * unit });
-    label.textContent = `${d.class_name} ${d.confidence.toFixed(2)}`;
+    const text = `${d.class_name} ${d.confidence.toFixed(2)}`;
+    const at = labelPosition(b, text.length, unit, placed);
+    const label = svg("text", { x: at.x, y: at.y, "font-size": 13 * unit, "stroke-width": 3 * unit });
+    label.textContent = text;
     g.append(label);
     overlay.append(g);
   }
