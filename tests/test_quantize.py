@@ -38,6 +38,27 @@ def test_the_shipped_int8_model_keeps_the_fp32_maps(held_out):
     assert SHIPPED_INT8.stat().st_size < DEFAULT_MODEL.stat().st_size / 3
 
 
+def _int8_weights(path):
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    return [
+        inits[n.input[0]]
+        for n in graph.node
+        if n.op_type == "DequantizeLinear" and inits.get(n.input[0], np.zeros(0)).dtype == np.int8
+    ]
+
+
+def test_int8_weights_fit_in_7_bits_so_every_x86_cpu_computes_the_same():
+    # AVX2 without VNNI sums uint8 x int8 products in pairs into int16, which
+    # saturates past 32767: 255 * 64 * 2 fits, 255 * 127 * 2 does not.
+    weights = _int8_weights(SHIPPED_INT8)
+    assert len(weights) >= 8
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+
+
 def test_quantize_writes_a_verified_variant(tmp_path):
     out = tmp_path / "model.int8.onnx"
     r = subprocess.run(
@@ -47,6 +68,7 @@ def test_quantize_writes_a_verified_variant(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.exists() and "int8" in r.stdout
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in _int8_weights(out)) <= 64
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["quantization"]["calibration_images"] == 64
     assert (
