@@ -103,31 +103,37 @@ def _labels_array(rows: list) -> np.ndarray:
 
 
 def _yolo_names(root: Path) -> tuple[list[str], dict]:
-    """Class names (and the whole ``data.yaml``, or {}) of a YOLO data set."""
-    if (root / "data.yaml").exists():
+    """Class names (and the whole ``data.yaml``, or {}) of a YOLO data set. The YAML
+    may have another name (Ultralytics ships ``coco128.yaml``) when it is the only one."""
+    yamls = [root / "data.yaml"] if (root / "data.yaml").exists() else [
+        p for p in sorted(root.glob("*.y*ml")) if p.suffix in (".yaml", ".yml")
+    ]  # fmt: skip
+    if len(yamls) == 1:
         try:
-            doc = yaml.safe_load((root / "data.yaml").read_text())
+            doc = yaml.safe_load(yamls[0].read_text())
         except yaml.YAMLError as exc:
-            raise ValueError(f"data.yaml is not valid YAML ({exc})") from exc
+            raise ValueError(f"{yamls[0].name} is not valid YAML ({exc})") from exc
         if not isinstance(doc, dict):
-            raise ValueError("data.yaml must be a mapping with 'names'")
+            raise ValueError(f"{yamls[0].name} must be a mapping with 'names'")
         names = doc.get("names")
         if isinstance(names, dict):
             names = [names[k] for k in sorted(names, key=int)]
         if not isinstance(names, list) or not all(isinstance(n, str | int) for n in names):
-            raise ValueError("data.yaml 'names' must be a list or an index -> name map")
+            raise ValueError(f"{yamls[0].name} 'names' must be a list or an index -> name map")
         return [str(n) for n in names], doc
     for name in ("classes.txt", "obj.names"):  # obj.names: CVAT's YOLO 1.1 export
         if (root / name).exists():
             text = (root / name).read_text()
             return [n.strip() for n in text.splitlines() if n.strip()], {}
-    raise ValueError("no data.yaml, classes.txt or obj.names with the class names")
+    raise ValueError(
+        "no data.yaml (or one other YAML file), classes.txt or obj.names with the class names"
+    )
 
 
 def _inside(root: Path, entry: str) -> Path | None:
-    """A ``data.yaml`` split entry as a folder inside the data set, or None. Roboflow
-    writes ``../train/images`` relative to the data set root; Ultralytics resolves it
-    against ``path`` or the root."""
+    """A ``data.yaml`` split entry (a folder or a list file) inside the data set, or
+    None. Roboflow writes ``../train/images`` relative to the data set root;
+    Ultralytics resolves it against ``path`` or the root."""
     for cand in (entry, entry.removeprefix("../"), entry.removeprefix("./")):
         p = (root / cand).resolve()
         if p.is_relative_to(root.resolve()) and p.exists():
@@ -135,29 +141,111 @@ def _inside(root: Path, entry: str) -> Path | None:
     return None
 
 
-def _yolo_splits(root: Path, doc: dict) -> list[tuple[str | None, Path]]:
-    """(split, images folder) pairs: ``data.yaml``'s train/val/test when it names
-    them (Ultralytics, Roboflow, CVAT export), else ``images/`` with no split."""
+def _listed_image(root: Path, list_file: Path, line: str) -> Path | None:
+    """One line of a split list (``train.txt``) as an image inside the data set. Lines
+    are relative to the list's folder (Ultralytics' ``./images/...``) or to the data
+    set (CVAT's ``data/obj_train_data/...``), or absolute on the machine that exported
+    them: the longest tail of the path that names a file here wins."""
+    parts = Path(line).parts
+    for k in range(len(parts)):
+        tail = Path(*parts[k:])
+        if tail.is_absolute():
+            continue
+        for base in (list_file.parent, root):
+            p = (base / tail).resolve()
+            if p.is_relative_to(root.resolve()) and p.is_file():
+                return p
+    return None
+
+
+def _yolo_splits(root: Path, doc: dict, skipped: list[str]) -> list[tuple[str | None, list[Path]]]:
+    """(split, image files) pairs: ``data.yaml``'s train/val/test when it names them
+    (folders, list files of image paths, or lists of either: Ultralytics, Roboflow,
+    CVAT), else CVAT's ``obj_<split>_data/`` folders, else every image under
+    ``images/``, split by its first subfolder when that is named train/val/test."""
     base = root / str(doc.get("path") or ".") if doc.get("path") else root
-    pairs = []
+    pairs: list[tuple[str | None, list[Path]]] = []
     for split in ("train", "val", "test"):
         entries = doc.get(split)
         for entry in entries if isinstance(entries, list) else [entries] if entries else []:
-            folder = _inside(base, str(entry)) or _inside(root, str(entry))
-            if folder is not None and folder.is_dir():
-                pairs.append((split, folder))
-    if not pairs:  # CVAT: obj_train_data/, obj_valid_data/ ... with labels beside images
-        pairs = [(_split_of(d.name), d) for d in sorted(root.glob("obj_*_data")) if d.is_dir()]
-    return pairs or [(None, root / "images")]
+            where = _inside(base, str(entry)) or _inside(root, str(entry))
+            if where is None:
+                skipped.append(f"data.yaml {split}: {entry} is not in the data set")
+            elif where.is_dir():
+                pairs.append((split, _images_under(where)))
+            elif where.suffix.lower() == ".txt":
+                found, missing = [], 0
+                for line in where.read_text(errors="replace").splitlines():
+                    p = _listed_image(root, where, line.strip()) if line.strip() else None
+                    if p is not None:
+                        found.append(p)
+                    missing += bool(line.strip()) and p is None
+                if missing:
+                    skipped.append(
+                        f"{where.relative_to(root.resolve())}: {missing} listed images are "
+                        "not in the data set"
+                    )
+                pairs.append((split, found))
+    if pairs:
+        return pairs
+    cvat = [d for d in sorted(root.glob("obj_*_data")) if d.is_dir()]
+    if cvat:  # CVAT: obj_train_data/, obj_valid_data/ ... with labels beside images
+        return [(_split_of(d.name), _images_under(d)) for d in cvat]
+    images = root / "images"
+    by_split: dict[str | None, list[Path]] = {}
+    for p in _images_under(images):
+        rel = p.relative_to(images).parts
+        by_split.setdefault(_split_of(rel[0]) if len(rel) > 1 else None, []).append(p)
+    return list(by_split.items())
+
+
+def _images_under(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _label_path(root: Path, image: Path) -> Path:
+    """Ultralytics' rule: the last ``images`` folder of the image's path inside the data
+    set becomes ``labels`` (``images/train/a.jpg`` -> ``labels/train/a.txt``,
+    ``valid/images/a.jpg`` -> ``valid/labels/a.txt``); without one, or when no label file
+    is there, the label sits beside the image (CVAT's export)."""
+    parts = image.relative_to(root).parts
+    if "images" in parts[:-1]:
+        i = len(parts) - 2 - parts[-2::-1].index("images")
+        mapped = root.joinpath(*parts[:i], "labels", *parts[i + 1 :]).with_suffix(".txt")
+        if mapped.exists() or not image.with_suffix(".txt").exists():
+            return mapped
+    return image.with_suffix(".txt")
+
+
+def _yolo_row(line: str, C: int, pose: bool) -> tuple[int, tuple[float, ...]]:
+    """One label line -> (class, (cx, cy, w, h)). A polygon (``class x1 y1 x2 y2 ...``,
+    Ultralytics' segmentation labels) becomes the box around it; with ``kpt_shape`` in
+    data.yaml (pose labels) the box is the first four numbers. Raises ValueError."""
+    values = [float(v) for v in line.split()]
+    if not np.isfinite(values).all():
+        raise ValueError(line)
+    c = values[0]
+    if c != int(c) or not 0 <= c < C:
+        raise KeyError(c)
+    if len(values) == 5 or (pose and len(values) > 5):
+        return int(c), tuple(values[1:5])
+    if len(values) >= 7 and len(values) % 2 == 1:
+        xy = np.asarray(values[1:]).reshape(-1, 2)
+        (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
+        return int(c), ((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1)
+    raise ValueError(line)
 
 
 def read_yolo(root: str | Path) -> DetectionDataset:
-    """YOLO txt labels (one ``class cx cy w h`` line per box, fractions) beside images:
-    ``images/`` and ``labels/``, or the splits ``data.yaml`` names (``train``/``val``/
-    ``test``, folders or lists of folders; labels in the ``labels`` folder beside each
-    ``images`` folder). Class names from ``data.yaml`` (``names``: a list or an
-    index->name map) or ``classes.txt``."""
-    root = Path(root)
+    """YOLO txt labels (one ``class cx cy w h`` line per box, fractions; a polygon is
+    taken as the box around it) for images in the folders or list files ``data.yaml``
+    names for ``train``/``val``/``test`` (Ultralytics, Roboflow), CVAT's
+    ``obj_<split>_data/``, or ``images/``. Labels sit in the ``labels`` folder that
+    mirrors each ``images`` folder, or beside each image. Class names from ``data.yaml``
+    (``names``: a list or an index->name map), ``classes.txt`` or ``obj.names``."""
+    root = Path(root).resolve()
     try:
         names, doc = _yolo_names(root)
     except ValueError as exc:
@@ -166,60 +254,61 @@ def read_yolo(root: str | Path) -> DetectionDataset:
         raise ValueError(f"{root.name}: no class names")
     records, skipped = [], []
     boxes = _Boxes(skipped)
-    folders = _yolo_splits(root, doc)
-    for split, image_dir in folders:
-        label_dir = image_dir.parent / "labels" if image_dir.name == "images" else image_dir
-        if image_dir.is_dir():
-            _read_yolo_folder(root, image_dir, label_dir, split, len(names), records, boxes)
-    if not records:
-        where = ", ".join(str(f.relative_to(root)) for _, f in folders if f.is_relative_to(root))
+    looked: set[Path] = set()  # every label file an image would have
+    pose = "kpt_shape" in doc
+    for split, images in _yolo_splits(root, doc, skipped):
+        for img_path in images:
+            lab_path = _label_path(root, img_path)
+            looked.add(lab_path)
+            record = _read_yolo_image(root, img_path, lab_path, split, names, pose, boxes)
+            if record is not None:
+                records.append(record)
+    for folder in sorted({p.parent for p in looked} - {root}):
+        for lab_path in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
+            if lab_path not in looked:
+                skipped.append(f"{lab_path.relative_to(root)}: missing image")
+    if records and not any(len(r.labels) for r in records):
+        example = _label_path(root, records[0].image_path).relative_to(root)
         skipped.append(
-            f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {where or 'images/'}; a YOLO "
-            "data set has images/ and labels/, or data.yaml naming train/val folders"
+            f"no image has a label: for {records[0].image_path.relative_to(root)} the label "
+            f"would be {example} (the labels folder mirrors the images folder) or beside it"
+        )
+    if not records:
+        places = [str(doc[k]) for k in ("train", "val", "test") if doc.get(k)]
+        skipped.append(
+            f"no images ({', '.join(IMAGE_SUFFIXES)}) found in "
+            f"{', '.join(places) or 'images/'}; a YOLO data set has images/ and labels/, "
+            "or data.yaml naming train/val folders or list files"
         )
     return boxes.finish(names, records)
 
 
-def _read_yolo_folder(root, image_dir, label_dir, split, C, records, boxes) -> None:
-    skipped = boxes.skipped
-    images = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    for img_path in images:
-        rel = img_path.relative_to(image_dir)
-        lab_path = (label_dir / rel).with_suffix(".txt")
-        rows = []
-        if lab_path.exists():
-            for n, line in enumerate(lab_path.read_text().splitlines(), 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                where = f"{lab_path.relative_to(root)}:{n}"
-                try:
-                    c, cx, cy, w, h = (float(v) for v in parts[:5])
-                    if len(parts) != 5:
-                        raise ValueError
-                except ValueError:
-                    skipped.append(f"{where}: not 'class cx cy w h'")
-                    continue
-                if c != int(c) or not 0 <= c < C:
-                    skipped.append(f"{where}: unknown class {parts[0]}")
-                    continue
-                corners = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
-                row = boxes.label(where, int(c), *corners, cxcywh=(cx, cy, w, h))
-                if row is not None:
-                    rows.append(row)
-        try:
-            with Image.open(img_path) as im:
-                size = im.size
-        except Exception:
-            skipped.append(f"{img_path.relative_to(root)}: unreadable image")
-            continue
-        records.append(
-            Record(img_path, _labels_array(rows), np.zeros(len(rows), bool), size, split=split)
-        )
-    for lab_path in sorted(label_dir.rglob("*.txt")) if label_dir.exists() else []:
-        stem = lab_path.relative_to(label_dir).with_suffix("")
-        if not any((image_dir / stem).with_suffix(s).exists() for s in IMAGE_SUFFIXES):
-            skipped.append(f"{lab_path.relative_to(root)}: missing image")
+def _read_yolo_image(root, img_path, lab_path, split, names, pose, boxes) -> Record | None:
+    rows = []
+    if lab_path.exists():
+        for n, line in enumerate(lab_path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{lab_path.relative_to(root)}:{n}"
+            try:
+                c, (cx, cy, w, h) = _yolo_row(line, len(names), pose)
+            except KeyError:
+                boxes.skipped.append(f"{where}: unknown class {line.split()[0]}")
+                continue
+            except ValueError:
+                boxes.skipped.append(f"{where}: not 'class cx cy w h' (or a polygon)")
+                continue
+            corners = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+            row = boxes.label(where, c, *corners, cxcywh=(cx, cy, w, h))
+            if row is not None:
+                rows.append(row)
+    try:
+        with Image.open(img_path) as im:
+            size = im.size
+    except Exception:
+        boxes.skipped.append(f"{img_path.relative_to(root)}: unreadable image")
+        return None
+    return Record(img_path, _labels_array(rows), np.zeros(len(rows), bool), size, split=split)
 
 
 def read_voc(root: str | Path, split: str | None = None, class_names: list[str] | None = None):

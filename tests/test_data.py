@@ -314,6 +314,53 @@ def test_yolo_reader_takes_the_splits_data_yaml_names(tmp_path):
     assert va.records[0].labels.tolist() == [[1, 0.5, 0.5, 0.2, 0.2]]
 
 
+def test_yolo_reader_takes_the_layouts_ultralytics_and_cvat_write(tmp_path):
+    """coco128's layout (images/train2017 with labels/train2017 beside it), split list
+    files with paths relative to the list, to the data set or from the exporting
+    machine, polygon labels, and labels left without an image."""
+    root = tmp_path / "c128"
+    for split in ("train2017", "val2017"):
+        for i in range(2):
+            _img(root / "images" / split / f"{i}.jpg")
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split / f"{i}.txt").write_text("1 0.5 0.5 0.2 0.4\n")
+    (root / "labels" / "val2017" / "9.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    # a segmentation label: the box around the polygon
+    (root / "labels" / "train2017" / "1.txt").write_text("0 0.1 0.2 0.5 0.2 0.3 0.6\n")
+    (root / "data.yaml").write_text(
+        "path: /content/datasets/coco128\ntrain: images/train2017\nval: images/val2017\n"
+        "names:\n  0: person\n  1: bicycle\n"
+    )
+    ds = read_dataset(root, "yolo")
+    assert len(ds) == 4 and ds.skipped == ["labels/val2017/9.txt: missing image"]
+    by_name = {(r.split, r.image_path.name): r.labels.tolist() for r in ds.records}
+    assert by_name[("train", "0.jpg")] == [[1, 0.5, 0.5, 0.2, 0.4]]
+    assert np.allclose(by_name[("train", "1.jpg")], [[0, 0.3, 0.4, 0.4, 0.4]])
+    assert [len(r.labels) for r in split_dataset(ds, 0.5, 0)[1].records] == [1, 1]
+
+    # the same images named by list files, three ways
+    (root / "train.txt").write_text(
+        "./images/train2017/0.jpg\n/content/datasets/coco128/images/train2017/1.jpg\n"
+    )
+    (root / "lists").mkdir()
+    (root / "lists" / "val.txt").write_text("images/val2017/0.jpg\nimages/val2017/gone.jpg\n")
+    (root / "data.yaml").write_text("train: train.txt\nval: lists/val.txt\nnames: [p, b]\n")
+    ds = read_dataset(root, "yolo")
+    assert sorted((r.split, r.image_path.name) for r in ds.records) == [
+        ("train", "0.jpg"), ("train", "1.jpg"), ("val", "0.jpg")
+    ]  # fmt: skip
+    assert "lists/val.txt: 1 listed images are not in the data set" in ds.skipped
+    assert all(len(r.labels) == 1 for r in ds.records)
+
+    # no splits in the YAML, named as Ultralytics ships coco128: images/train2017 and
+    # images/val2017 are still the splits
+    (root / "data.yaml").unlink()
+    (root / "coco128.yaml").write_text("names: [p, b]\n")
+    ds = read_dataset(root, "yolo")
+    assert sorted({r.split for r in ds.records}) == ["train", "val"] and len(ds) == 4
+    assert ds.class_names == ["p", "b"]
+
+
 def test_yolo_reader_says_where_it_looked(tmp_path):
     (tmp_path / "data.yaml").write_text("names: [a]\n")
     ds = read_yolo(tmp_path)

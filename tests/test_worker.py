@@ -366,6 +366,11 @@ def test_dataset_upload_and_job_on_it(stack, tmp_path):
         r = c.post("/v1/datasets", files={"file": ("d.zip", bad)}, headers=AUTH)
         assert r.status_code in (413, 422), r.text
     assert not (stack["base"] / "evil.txt").exists()
+    # images whose labels are not where the layout puts them: said, not taken as empty
+    unlabelled = {k.replace("/labels/", "/annotations/"): v for k, v in files.items()}
+    r = c.post("/v1/datasets", files={"file": ("u.zip", _zip(tmp_path, unlabelled))},
+               headers=AUTH)  # fmt: skip
+    assert r.status_code == 422 and "has a box" in r.text and "labels/" in r.text, r.text
     job_id = _submit(c, dataset={"format": "yolo", "dataset_id": summary["id"]}, epochs=1)
     job = _wait(c, job_id, lambda j: j["status"] in ("succeeded", "failed"), worker=stack["worker"])
     assert job["status"] == "succeeded", job

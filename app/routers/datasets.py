@@ -85,13 +85,16 @@ def _root_of(dest: Path) -> Path:
 def _guess_format(root: Path) -> str:
     if (root / "Annotations").is_dir():
         return "voc"
-    if any((root / n).exists() for n in ("data.yaml", "classes.txt", "obj.names")):
+    if any((root / n).exists() for n in ("classes.txt", "obj.names")) or any(
+        p.suffix in (".yaml", ".yml") for p in root.glob("*.y*ml")
+    ):
         return "yolo"
     if any(next(root.glob(g), None) for g in ("*.json", "annotations/*.json", "*/*.json")):
         return "coco"
     raise HTTPException(
         422,
-        "cannot tell the format: expected data.yaml, classes.txt or obj.names (yolo), "
+        "cannot tell the format: expected data.yaml (or another YAML file), classes.txt or "
+        "obj.names (yolo), "
         "Annotations/ (voc) or COCO .json files (./, annotations/ or one per split folder)",
     )
 
@@ -188,6 +191,12 @@ async def upload(
         if len(ds) == 0:
             raise HTTPException(
                 422, f"no usable images in the {fmt} data set; skipped: {ds.skipped[:20]}"
+            )
+        if not any(len(r.labels) for r in ds.records):
+            raise HTTPException(
+                422,
+                f"none of the {len(ds)} images of the {fmt} data set has a box to learn "
+                f"from; skipped: {ds.skipped[:20]}",
             )
         final = base / dataset_id
         tmp.rename(final)
