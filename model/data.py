@@ -311,13 +311,53 @@ def _read_yolo_image(root, img_path, lab_path, split, names, pose, boxes) -> Rec
     return Record(img_path, _labels_array(rows), np.zeros(len(rows), bool), size, split=split)
 
 
-def read_voc(root: str | Path, split: str | None = None, class_names: list[str] | None = None):
+def _voc_image(root: Path, xml: Path, fname: str) -> Path | None:
+    """The image of one annotation: ``JPEGImages/<filename>`` (VOC), or beside the XML
+    (Roboflow's and LabelImg's exports); by the XML's own name when ``filename`` is
+    missing or names no file there. Raises ValueError for a name that leaves ``root``."""
+    folders = (root / "JPEGImages", xml.parent)
+    for folder in folders if fname else ():
+        p = folder / fname
+        if not p.resolve().is_relative_to(root.resolve()):
+            raise ValueError(fname)
+        if p.is_file():
+            return p
+    for folder in folders:
+        for suffix in IMAGE_SUFFIXES:
+            for p in (folder / (xml.stem + suffix), folder / (xml.stem + suffix.upper())):
+                if p.is_file():
+                    return p
+    return None
+
+
+def _image_size(declared: tuple, path: Path) -> tuple[int, int]:
+    """The width and height an annotation file declares, or the image's own when they
+    are missing or not positive (some tools write 0 for unknown)."""
+    try:
+        W, H = (int(float(v)) for v in declared)
+        if W > 0 and H > 0:
+            return W, H
+    except (TypeError, ValueError):
+        pass
+    with Image.open(path) as im:
+        return im.size
+
+
+def read_voc(
+    root: str | Path,
+    split: str | None = None,
+    class_names: list[str] | None = None,
+    xmls: list[Path] | None = None,
+):
     """Pascal VOC: ``Annotations/*.xml``, ``JPEGImages/``, optional
-    ``ImageSets/Main/<split>.txt``. Pixel boxes (1-based, inclusive, as VOC writes
-    them) become fractions; ``difficult`` flags are kept for evaluation."""
+    ``ImageSets/Main/<split>.txt``; or the given ``xmls`` (images beside them). Pixel
+    boxes (1-based, inclusive, as VOC writes them) become fractions; ``difficult``
+    flags are kept for evaluation."""
     root = Path(root)
     ann_dir = root / "Annotations"
-    if split and (root / "ImageSets" / "Main" / f"{split}.txt").exists():
+    if xmls is not None:
+        pass
+    elif split and (root / "ImageSets" / "Main" / f"{split}.txt").exists():
         ids = (root / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
         xmls = [ann_dir / f"{i}.xml" for i in ids]
     else:
@@ -336,20 +376,20 @@ def read_voc(root: str | Path, split: str | None = None, class_names: list[str] 
     index = {n: i for i, n in enumerate(class_names)}
     records = []
     for x, r in parsed:
-        fname = r.findtext("filename") or f"{x.stem}.jpg"
-        img_path = root / "JPEGImages" / fname
-        if not img_path.resolve().is_relative_to(root.resolve()):
+        fname = (r.findtext("filename") or "").strip()
+        try:
+            img_path = _voc_image(root, x, fname)
+        except ValueError:
             skipped.append(f"{x.relative_to(root)}: image {fname!r} is outside the data set")
             continue
-        if not img_path.exists():
-            skipped.append(f"{x.relative_to(root)}: missing image {fname}")
+        if img_path is None:
+            skipped.append(f"{x.relative_to(root)}: missing image {fname or x.stem}")
             continue
-        size = r.find("size")
         try:
-            W, H = int(size.findtext("width")), int(size.findtext("height"))
-        except (AttributeError, TypeError, ValueError):
-            with Image.open(img_path) as im:
-                W, H = im.size
+            W, H = _image_size((r.findtext("size/width"), r.findtext("size/height")), img_path)
+        except OSError:
+            skipped.append(f"{img_path.relative_to(root)}: unreadable image")
+            continue
         rows, diff = [], []
         for k, o in enumerate(r.iter("object")):
             name = o.findtext("name", "").strip()
@@ -390,6 +430,16 @@ def read_coco(
         doc = json.loads(annotation_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{annotation_file}: not a readable COCO JSON file ({exc})") from exc
+    try:
+        return _coco_records(doc, image_dir, root, split)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"{annotation_file.name}: not a COCO detection file (a required field is missing "
+            f"or of the wrong type: {exc})"
+        ) from exc
+
+
+def _coco_records(doc: dict, image_dir: Path, root: Path, split: str | None):
     cats = sorted(doc.get("categories", []), key=lambda c: c["id"])
     class_names = [c["name"] for c in cats]
     index = {c["id"]: i for i, c in enumerate(cats)}
@@ -407,10 +457,10 @@ def read_coco(
             skipped.append(f"image {im['file_name']}: missing image")
             continue
         try:
-            W, H = int(im["width"]), int(im["height"])
-        except (KeyError, TypeError, ValueError):
-            with Image.open(path) as opened:
-                W, H = opened.size
+            W, H = _image_size((im.get("width"), im.get("height")), path)
+        except OSError:
+            skipped.append(f"image {im['file_name']}: unreadable image")
+            continue
         rows, diff = [], []
         for a in by_image.get(im["id"], []):
             where = f"annotation {a.get('id')}"
@@ -466,6 +516,8 @@ def _merge(parts: list[DetectionDataset]) -> DetectionDataset:
 def read_voc_splits(root: Path) -> DetectionDataset:
     """VOC with ``ImageSets/Main/train.txt`` and ``val.txt`` (``trainval.txt`` is their
     union): both, each record marked with its split; else every annotation."""
+    if not (root / "Annotations").is_dir():
+        return _read_voc_beside(root)
     main = root / "ImageSets" / "Main"
     if not ((main / "train.txt").exists() and (main / "val.txt").exists()):
         return read_voc(root)
@@ -474,6 +526,25 @@ def read_voc_splits(root: Path) -> DetectionDataset:
     for split, part in zip(("train", "val"), parts, strict=True):
         for r in part.records:
             r.split = split
+    return _merge(parts)
+
+
+def _read_voc_beside(root: Path) -> DetectionDataset:
+    """VOC XML files beside their images, as Roboflow exports them (``train/``,
+    ``valid/``, ``test/``, each holding ``a.jpg`` and ``a.xml``) or in one folder."""
+    folders = [root, *(d for d in sorted(root.iterdir()) if d.is_dir())]
+    by_folder = {d: sorted(d.glob("*.xml")) for d in folders}
+    everything = [x for xs in by_folder.values() for x in xs]
+    if not everything:
+        raise ValueError("no Annotations/ folder and no .xml files in the data set or its folders")
+    names = read_voc(root, xmls=everything).class_names  # one class list for every split
+    parts = []
+    for folder, xmls in by_folder.items():
+        if xmls:
+            part = read_voc(root, class_names=names, xmls=xmls)
+            for r in part.records:
+                r.split = _split_of(folder.name) if folder != root else None
+            parts.append(part)
     return _merge(parts)
 
 

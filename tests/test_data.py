@@ -416,6 +416,57 @@ def test_voc_and_coco_with_their_own_splits(tmp_path):
     assert sum(len(r.labels) for r in ds.records) > 0
 
 
+def _voc_xml(filename, size, boxes):
+    objs = "".join(
+        f"<object><name>{n}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax>"
+        f"<ymax>{d}</ymax></bndbox></object>"
+        for n, (a, b, c, d) in boxes
+    )
+    return (
+        f"<annotation><filename>{filename}</filename><size><width>{size[0]}</width>"
+        f"<height>{size[1]}</height></size>{objs}</annotation>"
+    )
+
+
+def test_voc_beside_its_images_and_sizes_written_as_zero(tmp_path):
+    """Roboflow's Pascal VOC export: train/ and valid/ each holding a.jpg beside a.xml;
+    LabelImg writes <width>0</width> when it did not know, and a file name may differ
+    from the image's (the XML's own name then finds it)."""
+    root = tmp_path / "rf"
+    _img(root / "train" / "a.jpg", (200, 100))
+    (root / "train" / "a.xml").write_text(_voc_xml("a.jpg", (0, 0), [("dog", (21, 11, 60, 50))]))
+    _img(root / "train" / "b.png", (200, 100))
+    (root / "train" / "b.xml").write_text(
+        _voc_xml("renamed.jpg", (200, 100), [("cat", (1, 1, 100, 100))])
+    )
+    _img(root / "valid" / "c.jpg", (200, 100))
+    (root / "valid" / "c.xml").write_text(
+        _voc_xml("c.jpg", (200, 100), [("cat", (101, 1, 200, 50))])
+    )
+    ds = read_dataset(root, "voc")
+    assert ds.class_names == ["cat", "dog"] and not ds.skipped
+    got = {(r.split, r.image_path.name): r.labels.tolist() for r in ds.records}
+    assert np.allclose(got[("train", "a.jpg")], [[1, 0.2, 0.3, 0.2, 0.4]])
+    assert np.allclose(got[("train", "b.png")], [[0, 0.25, 0.5, 0.5, 1.0]])
+    assert np.allclose(got[("val", "c.jpg")], [[0, 0.75, 0.25, 0.5, 0.5]])
+
+
+def test_coco_that_is_not_coco_is_a_value_error_not_a_crash(tmp_path):
+    _img(tmp_path / "images" / "a.jpg", (100, 50))
+    for doc in ([1, 2], {"images": [{"file_name": "a.jpg"}], "categories": [{"name": "x"}]},
+                {"images": "a.jpg"}):  # fmt: skip
+        (tmp_path / "ann.json").write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match="not a COCO detection file"):
+            read_coco(tmp_path / "ann.json")
+    doc = {"images": [{"id": 1, "file_name": "a.jpg", "width": 0, "height": 0}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 5, 20, 10]}],
+           "categories": [{"id": 3, "name": "x"}]}  # fmt: skip
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    ds = read_coco(tmp_path / "ann.json")
+    assert ds.records[0].size == (100, 50)
+    assert np.allclose(ds.records[0].labels, [[0, 0.2, 0.2, 0.2, 0.2]])
+
+
 def test_network_input_is_the_arithmetic_and_the_trainers_own():
     # Every uint8 value in every channel, as serving (to_input) and training (to_tensor)
     # make it: the same float32 numbers as (x / 255 - mean) / std.

@@ -89,13 +89,15 @@ def _guess_format(root: Path) -> str:
         p.suffix in (".yaml", ".yml") for p in root.glob("*.y*ml")
     ):
         return "yolo"
+    if any(next(root.glob(g), None) for g in ("*.xml", "*/*.xml")):
+        return "voc"  # XML beside the images (Roboflow's and LabelImg's exports)
     if any(next(root.glob(g), None) for g in ("*.json", "annotations/*.json", "*/*.json")):
         return "coco"
     raise HTTPException(
         422,
         "cannot tell the format: expected data.yaml (or another YAML file), classes.txt or "
-        "obj.names (yolo), "
-        "Annotations/ (voc) or COCO .json files (./, annotations/ or one per split folder)",
+        "obj.names (yolo), Annotations/ or .xml files (voc) or COCO .json files (./, "
+        "annotations/ or one per split folder)",
     )
 
 
