@@ -248,6 +248,13 @@ class JobRequest(BaseModel):
         description="the backbone learns at this fraction of learning_rate",
     )
     freeze_backbone_epochs: int = Field(FINETUNE.freeze_backbone_epochs, ge=0, le=1000)
+    freeze_layers: int = Field(
+        FINETUNE.freeze_layers,
+        ge=0,
+        le=100,
+        description="the backbone's first N convolutions keep the base model's weights "
+        "(steps get faster: backward stops above them)",
+    )
     freeze_bn: bool = Field(
         FINETUNE.freeze_bn, description="keep the base model's batch-norm statistics"
     )

@@ -13,7 +13,14 @@ from model.config import ModelConfig, TrainConfig
 from model.data import shapes_dataset, to_arrays
 from model.loss import yolo_loss
 from model.networks import build_model
-from model.train import bf16_supported, build_optimizer, make_batch, to_device
+from model.train import (
+    bf16_supported,
+    build_optimizer,
+    frozen_layers,
+    make_batch,
+    to_device,
+    train_mode,
+)
 
 
 def images_per_s(
@@ -37,6 +44,9 @@ def images_per_s(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     tc = tc or TrainConfig(channels_last=channels_last)
+    for m in frozen_layers(model, tc.freeze_layers):  # as a job with these settings does
+        m.requires_grad_(False)
+    train_mode(model, tc)
     opt = build_optimizer(model, tc)
     bs = batch_size
     batches = [

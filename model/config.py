@@ -89,6 +89,10 @@ class TrainConfig:
     # of the learning rate, and not at all for the first freeze_backbone_epochs.
     backbone_lr_scale: float = 1.0
     freeze_backbone_epochs: int = 0
+    # Fine-tuning: the backbone's first freeze_layers convolutions (each with its batch
+    # norm) keep the starting weights for the whole run, so backward stops above them:
+    # at 224 px the first layers are the costly ones to train, not to run.
+    freeze_layers: int = 0
     # Keep batch-norm statistics as the starting weights have them (small batches of
     # a small data set estimate them badly).
     freeze_bn: bool = False
@@ -112,6 +116,8 @@ class TrainConfig:
             raise ValueError(f"confidence_target must be iou or one: {self.confidence_target!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.freeze_layers < 0:
+            raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
         if not 0.0 <= self.keep_base < 1.0:
             raise ValueError(f"keep_base must be in [0, 1), got {self.keep_base}")
 

@@ -160,12 +160,25 @@ def set_lr(opt: torch.optim.Optimizer, lr: float, epoch: int, tc: TrainConfig) -
         g["lr"] = lr * ((0.0 if frozen else tc.backbone_lr_scale) if g["backbone"] else 1.0)
 
 
+def frozen_layers(model: torch.nn.Module, n: int) -> list[torch.nn.Module]:
+    """The backbone's modules before its ``n+1``-th convolution: the first ``n``
+    convolutions with their batch norms, activations and pooling."""
+    out, convs = [], 0
+    for m in model.features if n > 0 else ():
+        if isinstance(m, torch.nn.Conv2d):
+            if convs == n:
+                break
+            convs += 1
+        out.append(m)
+    return out
+
+
 def train_mode(model: torch.nn.Module, tc: TrainConfig) -> None:
     model.train()
-    if tc.freeze_bn:
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
+    frozen = [m for f in frozen_layers(model, tc.freeze_layers) for m in f.modules()]
+    for m in model.modules() if tc.freeze_bn else frozen:
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def use_amp(tc: TrainConfig, device: torch.device | None = None) -> bool:
@@ -226,6 +239,8 @@ def build_network(
         model = model.to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    for m in frozen_layers(model, tc.freeze_layers):
+        m.requires_grad_(False)
     return model
 
 
@@ -235,7 +250,7 @@ def build_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Opti
     groups = []
     for part, backbone in ((model.features, True), (model.head, False)):
         for decay in (True, False):
-            params = [p for p in part.parameters() if (p.dim() > 1) == decay]
+            params = [p for p in part.parameters() if p.requires_grad and (p.dim() > 1) == decay]
             if params:
                 wd = tc.weight_decay if decay else 0.0
                 groups.append({"params": params, "weight_decay": wd, "backbone": backbone})

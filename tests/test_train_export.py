@@ -235,6 +235,21 @@ def test_fine_tuning_controls_freeze_what_they_say(small_data, tmp_path):
     head_bn = [k for k in start if k.startswith("head.") and k.endswith("running_mean")]
     assert head_bn and all(torch.equal(after[k], start[k]) for k in head_bn)
     assert not torch.equal(after["head.3.weight"], start["head.3.weight"])  # the head trains
+    # freeze_layers=2: the first two convolutions and their batch norms stay as they
+    # started, every layer above them trains, and nothing frozen is in the optimizer.
+    tc = TrainConfig(epochs=1, batch_size=4, freeze_layers=2, learning_rate=1e-2, ema_decay=0)
+    r = train(cfg, tc, Data(X, L, X[:2], L[:2]), tmp_path / "f", init_weights=start)
+    after = torch.load(r.last_checkpoint, weights_only=False)["model"]
+    model = build_model(cfg)
+    convs = [n for n, m in model.features.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    bns = [n for n, m in model.features.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for name in (*convs[:2], *bns[:2]):
+        for k in [k for k in start if k.startswith(f"features.{name}.")]:
+            assert torch.equal(after[k], start[k]), k
+    for name in (convs[2], bns[2]):
+        assert not torch.equal(after[f"features.{name}.weight"], start[f"features.{name}.weight"])
+    assert not torch.equal(after[f"features.{bns[2]}.running_mean"],
+                           start[f"features.{bns[2]}.running_mean"])  # fmt: skip
     # Weights that do not move: no epoch improves on the first, so patience 2 stops
     # after epoch 3 of 10.
     tc = TrainConfig(
