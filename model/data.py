@@ -337,7 +337,7 @@ def _image_size(declared: tuple, path: Path) -> tuple[int, int]:
         W, H = (int(float(v)) for v in declared)
         if W > 0 and H > 0:
             return W, H
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     with Image.open(path) as im:
         return im.size
@@ -355,12 +355,10 @@ def read_voc(
     flags are kept for evaluation."""
     root = Path(root)
     ann_dir = root / "Annotations"
-    if xmls is not None:
-        pass
-    elif split and (root / "ImageSets" / "Main" / f"{split}.txt").exists():
-        ids = (root / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
-        xmls = [ann_dir / f"{i}.xml" for i in ids]
-    else:
+    listed = root / "ImageSets" / "Main" / f"{split}.txt"
+    if xmls is None and split and listed.exists():
+        xmls = [ann_dir / f"{i}.xml" for i in listed.read_text().split()]
+    elif xmls is None:
         xmls = sorted(ann_dir.glob("*.xml"))
     parsed, skipped = [], []
     boxes = _Boxes(skipped)
