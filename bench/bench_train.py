@@ -12,11 +12,10 @@ from common import log, setup_logging
 from model.config import ModelConfig, TrainConfig
 from model.data import shapes_dataset, to_arrays
 from model.loss import yolo_loss
-from model.networks import build_model
 from model.train import (
     bf16_supported,
+    build_network,
     build_optimizer,
-    frozen_layers,
     make_batch,
     to_device,
     train_mode,
@@ -39,13 +38,8 @@ def images_per_s(
     """The bare loop: forward, loss, backward, clipping and the optimizer's step (``tc``'s,
     the paper's SGD by default) on batches made beforehand."""
     device = device or torch.device("cpu")
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     tc = tc or TrainConfig(channels_last=channels_last)
-    for m in frozen_layers(model, tc.freeze_layers):  # as a job with these settings does
-        m.requires_grad_(False)
+    model = build_network(cfg, tc, None, device)  # frozen layers too, as a job builds it
     train_mode(model, tc)
     opt = build_optimizer(model, tc)
     bs = batch_size
