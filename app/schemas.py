@@ -116,7 +116,11 @@ class LossOptions(BaseModel):
     grid: Grid | None = Field(None, description="defaults to the served model's grid")
     lambda_coord: float = Field(5.0, ge=0, le=1e6)
     lambda_noobj: float = Field(0.5, ge=0, le=1e6)
-    confidence_target: Literal["iou", "one"] = "iou"
+    confidence_target: Literal["iou", "one"] = Field(
+        FINETUNE.confidence_target,
+        description="what a responsible box's confidence learns: its IoU with the object "
+        "(darknet) or 1",
+    )
     layout: Literal["cells", "darknet"] = "cells"
     metrics: bool = Field(False, description="also return mAP@0.5 of the decoded predictions")
 
@@ -234,12 +238,34 @@ class JobRequest(BaseModel):
 
     dataset: DatasetRef
     base_model: int | None = Field(None, ge=1, description="a version; default the active one")
-    epochs: int = Field(FINETUNE.epochs, ge=1, le=1000)
-    batch_size: int = Field(FINETUNE.batch_size, ge=1, le=512)
-    optimizer: Literal["sgd", "adamw"] = FINETUNE.optimizer
-    learning_rate: float = Field(FINETUNE.learning_rate, gt=0, le=1, allow_inf_nan=False)
-    weight_decay: float = Field(FINETUNE.weight_decay, ge=0, le=1, allow_inf_nan=False)
-    warmup_epochs: float = Field(FINETUNE.warmup_epochs, ge=0, le=100, allow_inf_nan=False)
+    epochs: int = Field(
+        FINETUNE.epochs, ge=1, le=1000, description="at most; early stopping may end sooner"
+    )
+    batch_size: int = Field(FINETUNE.batch_size, ge=1, le=512, description="images per step")
+    optimizer: Literal["sgd", "adamw"] = Field(
+        FINETUNE.optimizer, description="sgd with momentum 0.9 (the paper's) or adamw"
+    )
+    learning_rate: float = Field(
+        FINETUNE.learning_rate,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="the peak, after warm-up; it then falls to a twentieth on a cosine",
+    )
+    weight_decay: float = Field(
+        FINETUNE.weight_decay,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="L2 (decoupled for adamw)",
+    )
+    warmup_epochs: float = Field(
+        FINETUNE.warmup_epochs,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="the learning rate rises linearly from a tenth over these epochs",
+    )
     backbone_lr_scale: float = Field(
         FINETUNE.backbone_lr_scale,
         ge=0,
@@ -247,7 +273,12 @@ class JobRequest(BaseModel):
         allow_inf_nan=False,
         description="the backbone learns at this fraction of learning_rate",
     )
-    freeze_backbone_epochs: int = Field(FINETUNE.freeze_backbone_epochs, ge=0, le=1000)
+    freeze_backbone_epochs: int = Field(
+        FINETUNE.freeze_backbone_epochs,
+        ge=0,
+        le=1000,
+        description="only the head learns for this many epochs first",
+    )
     freeze_layers: int = Field(
         FINETUNE.freeze_layers,
         ge=0,
@@ -276,19 +307,52 @@ class JobRequest(BaseModel):
         description="move the result this share of the way back to the base model's "
         "weights (outputs of new classes stay as trained)",
     )
-    lambda_coord: float = Field(FINETUNE.lambda_coord, ge=0, le=1000, allow_inf_nan=False)
-    lambda_noobj: float = Field(FINETUNE.lambda_noobj, ge=0, le=1000, allow_inf_nan=False)
-    confidence_target: Literal["iou", "one"] = "iou"
-    augment: bool = FINETUNE.augment
+    lambda_coord: float = Field(
+        FINETUNE.lambda_coord,
+        ge=0,
+        le=1000,
+        allow_inf_nan=False,
+        description="weight of the box terms of the loss (the paper: 5)",
+    )
+    lambda_noobj: float = Field(
+        FINETUNE.lambda_noobj,
+        ge=0,
+        le=1000,
+        allow_inf_nan=False,
+        description="weight of the no-object confidence term (the paper: 0.5)",
+    )
+    confidence_target: Literal["iou", "one"] = Field(
+        FINETUNE.confidence_target,
+        description="what a responsible box's confidence learns: its IoU with the object "
+        "(darknet) or 1",
+    )
+    augment: bool = Field(
+        FINETUNE.augment, description="random scale, shift, flip and colour (the paper's)"
+    )
     shuffle_labels: bool = Field(
         FINETUNE.shuffle_labels, description="darknet's rule for objects that share a cell"
     )
     keep_difficult: bool = Field(
         FINETUNE.keep_difficult, description="train on objects marked difficult too"
     )
-    image_size: int | None = Field(None, ge=32, le=1024, multiple_of=32)
-    seed: int = Field(FINETUNE.seed, ge=0, le=2**31 - 1)
-    val_fraction: float = Field(0.2, gt=0, lt=1)
+    image_size: int | None = Field(
+        None,
+        ge=32,
+        le=1024,
+        multiple_of=32,
+        description="train and serve at this input size; default the base model's (its "
+        "features fit no other)",
+    )
+    seed: int = Field(
+        FINETUNE.seed, ge=0, le=2**31 - 1, description="the split, the order and the augmentation"
+    )
+    val_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="share of the images held out to validate, when the data set has no "
+        "split of its own",
+    )
     auto_activate: bool = Field(
         False,
         description="activate the new version if its validation mAP beats the base "

@@ -300,9 +300,25 @@ def test_jobs_from_the_page_curves_activation_and_cancel(page, browser, stack, t
     page.select_option("#job-source", "shapes")
     page.fill("#job-images", "48")
     page.fill("#job-epochs", "200")
+    # Every other job field of the API is under "All options", from its schema.
+    props = defaults["JobRequest"]["properties"]
+    page.click("#job-more summary")
+    listed = page.eval_on_selector_all(
+        "#job-options [data-field]", "es => es.map(e => e.dataset.field)"
+    )
+    assert set(listed) == set(props) - {"dataset", "auto_activate", "epochs", "batch_size",
+                                        "learning_rate"}  # fmt: skip
+    assert page.get_attribute("#job-opt-freeze_layers", "placeholder") == "default 0"
+    page.fill("#job-opt-freeze_layers", "1")
+    page.select_option("#job-opt-optimizer", "sgd")
+    page.select_option("#job-opt-augment", "false")
+    page.locator("#job-form").screenshot(path=SHOTS / "job-options.png")
     page.click("#job-form button[type=submit]")
     page.wait_for_url("**/#job/*")
     page.wait_for_selector("#job-status[data-status=running]", timeout=60_000)
+    sent = httpx.get(f"{stack['url']}/v1/jobs/{page.url.rsplit('/', 1)[1]}").json()["request"]
+    assert (sent["freeze_layers"], sent["optimizer"], sent["augment"]) == (1, "sgd", False)
+    assert sent["ema_decay"] == props["ema_decay"]["default"]  # left empty: the default
     page.click("#job-cancel")
     page.wait_for_selector("#job-status[data-status=cancelled]", timeout=30_000)
     page.goto(stack["url"] + "/#jobs")

@@ -97,6 +97,24 @@ export async function showJob(id) {
 
 export function leaveJob() { following?.abort(); following = null; }
 
+// The fields the form shows itself; every other job field of the API's schema goes under
+// "All options", built from /openapi.json so the form never falls behind the API.
+const SHOWN = { epochs: "job-epochs", batch_size: "job-batch", learning_rate: "job-lr" };
+const NOT_OPTIONS = new Set(["dataset", "auto_activate", ...Object.keys(SHOWN)]);
+
+function numberOrUndefined(v) {
+  return v.trim() === "" ? undefined : Number(v);
+}
+
+// An option's value as the API takes it; undefined (an empty field) leaves the default.
+function optionValue(input) {
+  const v = input.value;
+  if (v === "") return undefined;
+  if (input.dataset.kind === "boolean") return v === "true";
+  if (input.dataset.kind === "integer" || input.dataset.kind === "number") return numberOrUndefined(v);
+  return v;
+}
+
 function jobRequest() {
   const source = document.getElementById("job-source").value;
   const ds = document.getElementById("job-dataset").value.trim();
@@ -104,17 +122,39 @@ function jobRequest() {
   const dataset = source === "shapes" ? { format: "shapes", images: Number(document.getElementById("job-images").value) }
     : source === "upload" ? { format, dataset_id: ds } : { format, path: ds };
   // Empty fields are left out: the service's fine-tuning defaults apply.
-  const optional = (id) => {
-    const v = document.getElementById(id).value.trim();
-    return v === "" ? undefined : Number(v);
-  };
-  return {
-    dataset,
-    epochs: optional("job-epochs"),
-    batch_size: optional("job-batch"),
-    learning_rate: optional("job-lr"),
-    auto_activate: document.getElementById("job-activate").checked,
-  };
+  const request = { dataset, auto_activate: document.getElementById("job-activate").checked };
+  for (const [name, id] of Object.entries(SHOWN)) request[name] = numberOrUndefined(document.getElementById(id).value);
+  for (const input of document.querySelectorAll("#job-options [data-field]")) {
+    request[input.dataset.field] = optionValue(input);
+  }
+  return request;
+}
+
+// One job field's input: a number with the schema's bounds, or a choice (booleans and
+// enums) whose first entry is the default; the description is its hint.
+function optionInput(name, prop) {
+  const schema = (prop.anyOf || [prop]).find((s) => s.type !== "null") || prop;
+  const id = `job-opt-${name}`;
+  const dflt = prop.default === undefined || prop.default === null ? null : String(prop.default);
+  let input;
+  if (schema.type === "boolean" || schema.enum) {
+    const values = schema.enum || ["true", "false"];
+    input = el("select", { id, dataset: { field: name, kind: schema.type } },
+      el("option", { value: "" }, dflt === null ? "default" : `default (${dflt})`),
+      values.map((v) => el("option", { value: String(v) }, String(v))));
+  } else {
+    const integer = schema.type === "integer";
+    input = el("input", {
+      id, type: "number", dataset: { field: name, kind: schema.type },
+      min: schema.minimum ?? schema.exclusiveMinimum, max: schema.maximum ?? schema.exclusiveMaximum,
+      step: integer ? (schema.multipleOf || 1) : "any",
+      placeholder: dflt === null ? (prop.description ? "default" : "the service's default") : `default ${dflt}`,
+    });
+  }
+  const hint = prop.description ? el("span", { class: "hint", id: `${id}-hint` }, prop.description) : null;
+  if (hint) input.setAttribute("aria-describedby", hint.id);
+  // Labelled with the API's own name, so what is set here can be repeated through the API.
+  return [el("label", { for: id }, el("code", {}, name)), input, hint];
 }
 
 // The defaults come from the API's own schema, so the form says what an empty field means.
@@ -122,10 +162,12 @@ async function showDefaults() {
   try {
     const spec = await (await fetch("/openapi.json")).json();
     const props = spec.components.schemas.JobRequest.properties;
-    for (const [id, name] of [["job-epochs", "epochs"], ["job-batch", "batch_size"], ["job-lr", "learning_rate"]]) {
+    for (const [name, id] of Object.entries(SHOWN)) {
       if (props[name]?.default !== undefined) document.getElementById(id).placeholder = `default ${props[name].default}`;
     }
-  } catch { /* the generic placeholder stays */ }
+    const options = Object.entries(props).filter(([name]) => !NOT_OPTIONS.has(name));
+    document.getElementById("job-options").replaceChildren(...options.flatMap(([n, p]) => optionInput(n, p)));
+  } catch { /* the generic placeholders stay; the options stay unlisted */ }
 }
 
 export function initJobs() {
