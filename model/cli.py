@@ -224,18 +224,25 @@ def onnx_evaluator(model_path: str, ds, *, batch_size: int = 32, every_class: bo
     import numpy as np
 
     from model.data import load_image
-    from model.evaluate import Evaluator
+    from model.evaluate import Evaluator, class_columns, regrid_classes
     from model.infer import OnnxDetector
 
     det = OnnxDetector(model_path)
     cfg = det.cfg
-    if cfg.class_names != ds.class_names:
-        raise SystemExit(f"model classes {cfg.class_names} != data {ds.class_names}")
-    ev = Evaluator(cfg.S, cfg.B, cfg.C, every_class=every_class)
+    # Classes are matched by name: the data's classes the model does not know score 0
+    # (as the base model does in a job's epoch 0), the model's others are not scored.
+    try:
+        cols = class_columns(cfg.class_names, ds.class_names)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    same = list(cfg.class_names) == list(ds.class_names)
+    ev = Evaluator(cfg.S, cfg.B, len(ds.class_names), every_class=every_class)
     for start in range(0, len(ds), batch_size):
         recs = ds.records[start : start + batch_size]
         images = [load_image(r) for r in recs]
         grids = det.run(np.stack([det.preprocess(im) for im in images]))
+        if not same:
+            grids = regrid_classes(grids, cols, cfg.B)  # (n, S, S, 5B + C_data)
         ev.add(grids, [r.labels for r in recs], [r.difficult for r in recs])
         ev.sizes.extend(im.size for im in images)
     return ev
@@ -243,6 +250,7 @@ def onnx_evaluator(model_path: str, ds, *, batch_size: int = 32, every_class: bo
 
 def cmd_val(args: argparse.Namespace) -> None:
     from model import coco
+    from model.infer import read_metadata
 
     ds = _dataset(args.data, args.format, args.images, DATA_SEED_TEST)
     for s in ds.skipped:
@@ -250,9 +258,12 @@ def cmd_val(args: argparse.Namespace) -> None:
 
     ev = onnx_evaluator(args.model, ds)
     r, r11 = ev.result(), ev.result(method="11point")
+    known = set(read_metadata(args.model)["model_config"]["class_names"])
     for c, name in enumerate(ds.class_names):
         ap = r.ap.get(c)
-        print(f"{name:15s} AP@0.5 {'n/a' if ap is None else f'{ap:.4f}'}  objects {r.n_truth[c]}")
+        shown = "n/a" if ap is None else f"{ap:.4f}"
+        note = "" if name in known else "  (a class the model does not know)"
+        print(f"{name:15s} AP@0.5 {shown}  objects {r.n_truth[c]}{note}")
     print(f"mAP@0.5 {r.map:.4f}  (VOC2007 11-point: {r11.map:.4f})")
     gt = coco.ground_truth(ev.truths, ev.sizes, ds.class_names)
     dets = coco.results(ev.detections, ev.sizes)

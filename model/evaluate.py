@@ -80,6 +80,28 @@ class Evaluator:
         return evaluate_map(self.detections, self.truths, self.C, method=method)
 
 
+def class_columns(model_names: Sequence[str], data_names: Sequence[str]) -> np.ndarray:
+    """``(C_data,)``: for each class of the data, the model's column of the same name, or
+    -1 where the model does not know it. Raises ValueError when no name is shared."""
+    where = {name: i for i, name in enumerate(model_names)}
+    cols = np.array([where.get(name, -1) for name in data_names], dtype=np.int64)
+    if not (cols >= 0).any():
+        raise ValueError(f"the model's classes {list(model_names)} and the data's "
+                         f"{list(data_names)} share no name")  # fmt: skip
+    return cols
+
+
+def regrid_classes(grids: np.ndarray, cols: np.ndarray, B: int) -> np.ndarray:
+    """``(N, S, S, 5B + C_model)`` -> ``(N, S, S, 5B + C_data)``: the class columns in the
+    data's order (``cols`` from :func:`class_columns`); a class the model does not know
+    gets probability 0, so it is never detected and scores AP 0 where it has objects."""
+    boxes = grids[..., : 5 * B]  # (N, S, S, 5B)
+    probs = grids[..., 5 * B :]  # (N, S, S, C_model)
+    known = np.where(cols >= 0, cols, 0)
+    out = np.where(cols >= 0, probs[..., known], 0.0).astype(grids.dtype)  # (N, S, S, C_data)
+    return np.concatenate([boxes, out], axis=-1)
+
+
 def evaluate_grids(
     grids: np.ndarray,
     labels: Sequence[np.ndarray],

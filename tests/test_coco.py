@@ -100,3 +100,44 @@ def test_the_evaluator_and_coco_agree_on_a_perfect_model():
     gt = coco.ground_truth(ev.truths, [(448, 448)], ["a", "b", "c"])
     m = coco.coco_map(gt, coco.results(ev.detections, [(448, 448)]))
     assert m["map"] == pytest.approx(1.0) and m["map_small"] is None
+
+
+def _val(capsys, model, data) -> dict[str, str]:
+    from model.cli import main
+
+    main(["val", str(model), "--data", str(data)])
+    out = capsys.readouterr().out
+    return {ln.split()[0]: ln for ln in out.splitlines() if " AP@0.5 " in ln}
+
+
+def test_val_matches_classes_by_name_and_scores_unknown_ones_zero(tmp_path, capsys):
+    """A data set with the model's classes in another order plus one it does not know
+    (a job's data, before the job): each known class scores as on its own, the new one 0."""
+    from model.shapes import CLASS_NAMES, write_yolo_dataset
+
+    plain = tmp_path / "plain"
+    write_yolo_dataset(str(plain), 30, seed=7, level="medium")
+    before = _val(capsys, DEFAULT_MODEL, plain)
+
+    names = ["hexagon", *reversed(CLASS_NAMES)]
+    mixed = tmp_path / "mixed"
+    (mixed / "labels").mkdir(parents=True)
+    (mixed / "images").symlink_to(plain / "images")
+    for f in sorted((plain / "labels").glob("*.txt")):
+        rows = [ln.split() for ln in f.read_text().splitlines()]
+        rows = [[str(names.index(CLASS_NAMES[int(r[0])])), *r[1:]] for r in rows]
+        rows.append(["0", "0.9", "0.9", "0.1", "0.1"])  # a hexagon the model cannot know
+        (mixed / "labels" / f.name).write_text("\n".join(" ".join(r) for r in rows) + "\n")
+    (mixed / "data.yaml").write_text("names: [" + ", ".join(names) + "]\n")
+    after = _val(capsys, DEFAULT_MODEL, mixed)
+
+    for name in CLASS_NAMES:
+        ap = before[name].split()[2]
+        assert float(ap) > 0.5 and after[name].split()[2] == ap, (before[name], after[name])
+    assert after["hexagon"].split()[2] == "0.0000" and "does not know" in after["hexagon"]
+
+    (mixed / "data.yaml").write_text("names: [hexagon, ring]\n")
+    for f in (mixed / "labels").glob("*.txt"):
+        f.write_text("0 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(SystemExit, match="share no name"):
+        _val(capsys, DEFAULT_MODEL, mixed)
