@@ -213,6 +213,28 @@ class ModelsResponse(BaseModel):
     last_swap_error: str | None = None
 
 
+class ModelFile(BaseModel):
+    name: str
+    bytes: int
+    sha256: str | None = Field(None, description="as recorded when the version was registered")
+    url: str = Field(description="GET it here (the same API key as reading)")
+
+
+class ModelVersion(BaseModel):
+    version: int
+    active: bool
+    name: str | None = None
+    parent: int | None = None
+    created_at: float | None = None
+    source: str | None = None
+    dataset: Any = None
+    hyperparameters: dict[str, Any] | None = Field(
+        None, description="the job's TrainConfig, as saved beside the checkpoint"
+    )
+    metrics: dict[str, Any] | None = Field(None, description="what the job measured")
+    files: list[ModelFile] = Field(description="the version's files, to download")
+
+
 class DatasetRef(BaseModel):
     format: Literal["yolo", "voc", "coco", "shapes"]
     path: str | None = Field(None, description="relative to the data root (yolo, voc, coco)")

@@ -695,3 +695,67 @@ def test_default_threshold_is_the_models_calibrated_one_unless_set(tmp_path):
         every = low.json()["detections"]
         assert got["detections"] == [d for d in every if d["confidence"] >= expected]
         assert 0 < len(got["detections"]) < len(every)
+
+
+def test_a_versions_files_download_whole_and_checked(tmp_path):
+    """GET /v1/models/{v} lists a version's files; each downloads as registered (its
+    recorded SHA-256 in Repr-Digest), the ONNX file runs, and the client checks it."""
+    import base64
+    import hashlib
+
+    import onnxruntime as ort
+
+    from model.registry import ModelStore
+    from yolov1_client import APIError, Client
+
+    store = ModelStore(tmp_path / "store")
+    store.ensure_default(DEFAULT_MODEL)
+    v2 = store.register(
+        {"model.onnx": DEFAULT_MODEL, "model.json": DEFAULT_MODEL.with_suffix(".json")},
+        {"name": "copy", "parent": 1, "hyperparameters": {"epochs": 3}},
+    )
+    s = Server({"YOLOV1_MODEL_PATH": str(DEFAULT_MODEL), "YOLOV1_MODEL_STORE": str(store.root),
+                "YOLOV1_API_KEYS": "k1", "YOLOV1_PROTECT_READS": "true"})  # fmt: skip
+    try:
+        s.wait_ready()
+        key = {"Authorization": "Bearer k1"}
+        assert httpx.get(f"{s.url}/v1/models/{v2}").status_code == 401
+        info = httpx.get(f"{s.url}/v1/models/{v2}", headers=key).json()
+        assert (info["active"], info["parent"], info["hyperparameters"]) == (
+            False,
+            1,
+            {"epochs": 3},
+        )
+        files = {f["name"]: f for f in info["files"]}
+        assert sorted(files) == ["model.json", "model.onnx"]  # no checkpoint, no int8
+        assert files["model.onnx"]["bytes"] == DEFAULT_MODEL.stat().st_size
+        assert httpx.get(f"{s.url}/v1/models/1", headers=key).json()["active"] is True
+
+        r = httpx.get(s.url + files["model.onnx"]["url"], headers=key)
+        assert r.status_code == 200 and r.content == DEFAULT_MODEL.read_bytes()
+        digest = hashlib.sha256(r.content).digest()
+        assert r.headers["repr-digest"] == f"sha-256=:{base64.b64encode(digest).decode()}:"
+        assert f'filename="yolov1-v{v2}-model.onnx"' in r.headers["content-disposition"]
+        sess = ort.InferenceSession(r.content, providers=["CPUExecutionProvider"])
+        x = np.zeros((1, 3, 224, 224), np.float32)
+        assert sess.run(None, {sess.get_inputs()[0].name: x})[0].shape == (1, 7, 7, 15)
+
+        for path, status in ((f"/v1/models/{v2}/files/model.pt", 404),
+                             ("/v1/models/99/files/model.onnx", 404), ("/v1/models/99", 404),
+                             (f"/v1/models/{v2}/files/meta.json", 422),
+                             (f"/v1/models/{v2}/files/..%2Factive", 404)):  # fmt: skip
+            r = httpx.get(s.url + path, headers=key)
+            assert r.status_code == status, (path, r.text)
+            assert r.json()["detail"], path
+
+        with Client(s.url, api_key="k1") as c:
+            got = c.download_model(v2, tmp_path, name="model.json")
+            assert got.read_bytes() == DEFAULT_MODEL.with_suffix(".json").read_bytes()
+            # A file changed in the store after it was registered fails the check.
+            (store.path(v2) / "model.json").write_bytes(b"{}")
+            with pytest.raises(APIError, match="checksum"):
+                c.download_model(v2, tmp_path / "again.json", name="model.json")
+            assert not (tmp_path / "again.json").exists()
+            assert not list(tmp_path.glob("*.part"))
+    finally:
+        s.stop()

@@ -45,7 +45,7 @@ def stack(tmp_path_factory) -> Iterator[dict]:
                          "YOLOV1_MODEL_POLL_S": "0.3"})  # fmt: skip
     try:
         run.wait_up()
-        yield {"url": run.url, "base": base}
+        yield {"url": run.url, "base": base, "store": base / "store"}
     finally:
         run.stop()
 
@@ -278,9 +278,15 @@ def test_jobs_from_the_page_curves_activation_and_cancel(page, browser, stack, t
     other.goto(stack["url"] + "/#models")
     other.wait_for_selector("#serving[data-version='1']")
     page.goto(stack["url"] + "/#models")
-    page.wait_for_selector(f"#models-table tr[data-version='{version}'] button")
+    page.wait_for_selector(f"#models-table tr[data-version='{version}'] button[data-activate]")
     page.screenshot(path=SHOTS / "models.png", full_page=True)
-    page.click(f"#models-table tr[data-version='{version}'] button")
+    # The new version's ONNX file, downloaded from its row, is the one the job registered.
+    with page.expect_download() as got:
+        page.click(f"#models-table tr[data-version='{version}'] button[data-download]")
+    assert got.value.suggested_filename == f"yolov1-v{version}-model.onnx"
+    registered = stack["store"] / "versions" / str(version) / "model.onnx"
+    assert Path(got.value.path()).read_bytes() == registered.read_bytes()
+    page.click(f"#models-table tr[data-version='{version}'] button[data-activate]")
     t0 = time.monotonic()
     other.wait_for_selector(f"#serving[data-version='{version}']", timeout=5000)
     assert time.monotonic() - t0 < 2.5

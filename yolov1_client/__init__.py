@@ -218,5 +218,36 @@ class Client:
     def activate(self, version: int) -> dict[str, Any]:
         return self._json("POST", f"/v1/models/{version}/activate")
 
+    def model(self, version: int) -> dict[str, Any]:
+        """One version: parent, data set, hyperparameters, metrics and its files."""
+        return self._json("GET", f"/v1/models/{version}")
+
+    def download_model(self, version: int, dest: str | Path, *, name: str = "model.onnx") -> Path:
+        """Stream one of a version's files (``model.onnx``, ``model.json``, ``model.pt``,
+        ``model.int8.onnx``, ``model.int8.json``) to ``dest``, a file or a folder; it is
+        checked against the SHA-256 the registry recorded, and only then put in place."""
+        import base64
+        import hashlib
+
+        dest = Path(dest)
+        if dest.is_dir():
+            dest = dest / f"yolov1-v{version}-{name}"
+        part = dest.with_name(dest.name + ".part")
+        h = hashlib.sha256()
+        with self.http.stream("GET", f"/v1/models/{version}/files/{name}") as r:
+            if not r.is_success:
+                r.read()
+                _raise_for(r)
+            with open(part, "wb") as f:
+                for chunk in r.iter_bytes():
+                    h.update(chunk)
+                    f.write(chunk)
+            want = r.headers.get("repr-digest", "")
+        if want.startswith("sha-256=:") and base64.b64decode(want[9:-1]) != h.digest():
+            part.unlink()
+            raise APIError(502, f"{name} of version {version} does not match its checksum")
+        part.replace(dest)
+        return dest
+
     def ready(self) -> dict[str, Any]:
         return self._json("GET", "/readyz")

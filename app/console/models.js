@@ -24,6 +24,16 @@ async function activate(v) {
   });
 }
 
+// Through api(), not a plain link: where reads need a key, a link would not carry it.
+async function download(v) {
+  await guarded(async () => {
+    const r = await api(`/v1/models/${v}/files/model.onnx`, { raw: true });
+    const url = URL.createObjectURL(await r.blob());
+    el("a", { href: url, download: `yolov1-v${v}-model.onnx` }).click();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  });
+}
+
 export async function refreshModels() {
   let m;
   try { m = await api("/v1/models"); } catch (e) {
@@ -52,6 +62,8 @@ export async function refreshModels() {
     return el("tr", { "data-version": v.version, class: isActive ? "active" : null },
       el("td", {}, `v${v.version}`), el("td", { class: "wide" }, v.name ?? "–"), el("td", {}, v.parent ? `v${v.parent}` : "–"),
       el("td", { class: "wide" }, dataset(v.dataset)), el("td", { class: "num" }, fmt(v.val_map50)),
-      el("td", { class: "wide" }, v.created_at ? fmtTime(v.created_at) : "–"), el("td", {}, state));
+      el("td", { class: "wide" }, v.created_at ? fmtTime(v.created_at) : "–"), el("td", {}, state),
+      el("td", {}, el("button", { type: "button", "data-download": v.version, onclick: () => download(v.version),
+        "aria-label": `Download version ${v.version} as ONNX` }, "ONNX")));
   }));
 }

@@ -1,13 +1,20 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+import base64
+import os
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import StreamingResponse
 
-from app.schemas import ModelInfo, ModelsResponse
+from app.schemas import ModelFile, ModelInfo, ModelsResponse, ModelVersion
 from app.state import AuthDep, ModelDep, ReadAuthDep, StateDep
-from model.registry import RegistryError
+from model.registry import FILES, ModelStore, RegistryError
+
+# The registry's list of a version's files, as the path parameter's allowed values.
+FileName = Literal[FILES]  # type: ignore[valid-type]
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -91,3 +98,82 @@ async def prune(
         raise HTTPException(409, "no model store is configured (YOLOV1_MODEL_STORE)")
     removed = await asyncio.to_thread(store.prune, keep)
     return {"removed": removed, "kept": store.versions()}
+
+
+def _store_and_meta(state, version: int) -> tuple[ModelStore, dict[str, Any]]:
+    store = state.manager.store
+    if store is None:
+        raise HTTPException(409, "no model store is configured (YOLOV1_MODEL_STORE)")
+    try:
+        return store, store.meta(version)
+    except RegistryError:
+        raise HTTPException(404, f"model version {version} does not exist") from None
+
+
+@router.get(
+    "/{version}",
+    response_model=ModelVersion,
+    summary="One version: where it came from, what it measured, its files",
+    responses={404: {"description": "no such version"}, 409: {"description": "no model store"}},
+)
+def get_version(version: int, state: StateDep, _auth: ReadAuthDep) -> ModelVersion:
+    store, meta = _store_and_meta(state, version)
+    files = []
+    for name in FILES:
+        try:
+            size = (store.path(version) / name).stat().st_size
+        except FileNotFoundError:
+            continue
+        url = f"/v1/models/{version}/files/{name}"
+        files.append(
+            ModelFile(name=name, bytes=size, sha256=meta.get("sha256", {}).get(name), url=url)
+        )
+    return ModelVersion(
+        **{
+            k: meta.get(k)
+            for k in ModelVersion.model_fields
+            if k not in ("version", "active", "files")
+        },
+        version=version,
+        active=version == store.active_version(),
+        files=files,
+    )
+
+
+def _chunks(f, size: int = 1 << 20) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+@router.get(
+    "/{version}/files/{name}",
+    summary="Download one of a version's files: the ONNX model, its metadata, the checkpoint",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        404: {"description": "no such version, or it has no such file (int8 is optional)"},
+        409: {"description": "no model store"},
+    },
+)
+def download(
+    version: int, name: FileName, state: StateDep, _auth: ReadAuthDep
+) -> StreamingResponse:
+    store, meta = _store_and_meta(state, version)
+    try:
+        # Opened before answering: a prune that removes the version meanwhile cannot
+        # cut the download short, the open file outlives its name.
+        f = open(store.path(version) / name, "rb")  # noqa: SIM115 (closed by _chunks)
+    except FileNotFoundError:
+        raise HTTPException(404, f"model version {version} has no {name}") from None
+    headers = {
+        "Content-Length": str(os.fstat(f.fileno()).st_size),
+        "Content-Disposition": f'attachment; filename="yolov1-v{version}-{name}"',
+    }
+    digest = meta.get("sha256", {}).get(name)
+    if digest:
+        # The recorded checksum, so a client can check what it received (RFC 9530).
+        headers["ETag"] = f'"{digest}"'
+        headers["Repr-Digest"] = f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:"
+    media = "application/json" if name.endswith(".json") else "application/octet-stream"
+    return StreamingResponse(_chunks(f), media_type=media, headers=headers)
