@@ -155,8 +155,11 @@ class LossTerms(BaseModel):
 class ImageLoss(BaseModel):
     loss: float
     terms: LossTerms
-    objects: int
-    dropped_objects: int
+    objects: int = Field(description="objects assigned to a cell")
+    dropped_objects: int = Field(
+        description="objects not trained: their cell was taken by one listed before, or "
+        "the box, clipped to the image, is under 0.005 of it wide or high (docs/loss.md)"
+    )
 
 
 class LossMetrics(BaseModel):

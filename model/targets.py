@@ -23,7 +23,7 @@ class GridTargets:
     sqrt_wh: np.ndarray  # (N, S, S, 2) float64: sqrt(w), sqrt(h)
     onehot: np.ndarray  # (N, S, S, C) float64
     objects: np.ndarray  # (N,) int64: objects assigned to a cell
-    dropped: np.ndarray  # (N,) int64: objects dropped because their cell was taken
+    dropped: np.ndarray  # (N,) int64: objects not trained: cell taken, or too small
 
 
 def label_rows(labels: Sequence[object], n_images: int, C: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +114,25 @@ def _check_rows(rows: np.ndarray, counts: np.ndarray, C: int) -> None:
             raise ValueError(f"image {i}, label {j}: {message(rows[k])}")
 
 
+# darknet's fill_truth_region skips a box narrower or lower than this (after clipping).
+MIN_TRAINED_SIZE = 0.005
+
+
+def clip_to_image(rows: np.ndarray) -> np.ndarray:
+    """``(K, 5)`` label rows -> the same with each box clipped to the image, its centre
+    and size recomputed from the clipped corners (darknet's ``correct_boxes`` with no
+    augmentation): what darknet trains on when a box crosses an edge."""
+    half = rows[:, 3:5] / 2  # (K, 2)
+    # A centre lies in [0, 1], so only the lower corner can fall below 0, the upper above 1.
+    lo = np.maximum(rows[:, 1:3] - half, 0.0)  # (K, 2): x1, y1
+    hi = np.minimum(rows[:, 1:3] + half, 1.0)  # (K, 2): x2, y2
+    out = np.empty_like(rows)
+    out[:, 0] = rows[:, 0]
+    out[:, 1:3] = (lo + hi) / 2
+    out[:, 3:5] = hi - lo
+    return out
+
+
 @dataclass(frozen=True)
 class CellAssignment:
     """The objects that own a cell, M of them, in (image, row, col) order."""
@@ -121,29 +140,36 @@ class CellAssignment:
     img: np.ndarray  # (M,) int64
     row: np.ndarray  # (M,) int64
     col: np.ndarray  # (M,) int64
-    labels: np.ndarray  # (M, 5) float64: class_id, cx, cy, w, h
+    labels: np.ndarray  # (M, 5) float64: class_id, cx, cy, w, h (clipped to the image)
     objects: np.ndarray  # (N,) int64: objects assigned to a cell
-    dropped: np.ndarray  # (N,) int64: objects dropped because their cell was taken
+    dropped: np.ndarray  # (N,) int64: objects not trained: cell taken, or too small
 
 
 def assign_cells(labels: Sequence[object], n_images: int, S: int, C: int) -> CellAssignment:
-    """Validate ``labels`` and assign each object to the cell holding its centre.
+    """Validate ``labels`` and assign each object to the cell holding its centre, as
+    darknet's ``fill_truth_region`` does with no augmentation.
 
+    Each box is first clipped to the image (:func:`clip_to_image`); a box then
+    narrower or lower than :data:`MIN_TRAINED_SIZE` is dropped.
     ``row = min(floor(cy * S), S - 1)``, ``col = min(floor(cx * S), S - 1)``;
-    when several objects share a cell the first listed wins and the rest are
-    counted in ``dropped``.
+    when several objects share a cell the first listed wins. ``dropped`` counts
+    both kinds.
     """
     allrows, counts = label_rows(labels, n_images, C)  # (K, 5), (N,)
     N = n_images
     img = np.repeat(np.arange(N), counts)  # (K,)
-    col = np.minimum(np.floor(allrows[:, 1] * S), S - 1).astype(np.int64)
-    row = np.minimum(np.floor(allrows[:, 2] * S), S - 1).astype(np.int64)
+    rows = clip_to_image(allrows)  # (K, 5)
+    kept = (rows[:, 3] >= MIN_TRAINED_SIZE) & (rows[:, 4] >= MIN_TRAINED_SIZE)
+    if not kept.all():
+        img, rows = img[kept], rows[kept]
+    col = np.minimum(np.floor(rows[:, 1] * S), S - 1).astype(np.int64)
+    row = np.minimum(np.floor(rows[:, 2] * S), S - 1).astype(np.int64)
     key = (img * S + row) * S + col
     # np.unique returns the first occurrence of each key, in key order: the first
     # listed wins, and the owners come out in (image, row, col) order.
     _, first = np.unique(key, return_index=True)
     objects = np.bincount(img[first], minlength=N).astype(np.int64)
-    return CellAssignment(img[first], row[first], col[first], allrows[first], objects,
+    return CellAssignment(img[first], row[first], col[first], rows[first], objects,
                           counts - objects)  # fmt: skip
 
 

@@ -22,10 +22,17 @@ def reference_loss(pred, labels, S, B, C, lambda_coord=5.0, lambda_noobj=0.5, ta
     (class_id, cx, cy, w, h). Returns a list of per-image dicts of the terms."""
     out = []
     for n in range(len(pred)):
-        # Assign objects to cells; the first listed wins.
+        # Assign objects to cells: each box clipped to the image, then too small
+        # ones skipped, then the first listed wins.
         cell_obj = {}
         dropped = 0
         for c, cx, cy, w, h in labels[n]:
+            x1, x2 = min(max(cx - w / 2, 0.0), 1.0), min(max(cx + w / 2, 0.0), 1.0)
+            y1, y2 = min(max(cy - h / 2, 0.0), 1.0), min(max(cy + h / 2, 0.0), 1.0)
+            cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+            if w < 0.005 or h < 0.005:
+                dropped += 1
+                continue
             row = min(int(math.floor(cy * S)), S - 1)
             col = min(int(math.floor(cx * S)), S - 1)
             if (row, col) in cell_obj:
