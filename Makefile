@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 test: $(STAMP)
-	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-test-tools.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
