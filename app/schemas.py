@@ -187,6 +187,9 @@ class ModelInfo(BaseModel):
     precision: Literal["fp32", "int8"] = Field(
         "fp32", description="int8: the version's verified int8 variant serves (YOLOV1_PRECISION)"
     )
+    precision_reason: str | None = Field(
+        None, description="why this precision serves (YOLOV1_PRECISION=auto: both timed here)"
+    )
     quantization: dict[str, Any] | None = Field(
         None, description="how the int8 variant was made and what both scored"
     )

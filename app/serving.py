@@ -25,6 +25,7 @@ class ServedModel:
     version: int
     path: Path
     precision: str = "fp32"
+    precision_reason: str | None = None
     loaded_at: float = field(default_factory=time.time)
     warmup_ms: dict[int, float] = field(default_factory=dict)
     # A second session of the same model whose threads spin-wait between runs: for an
@@ -63,6 +64,7 @@ class ServedModel:
             "provider": self.detector.provider,
             "path": str(self.path),
             "precision": self.precision,
+            "precision_reason": self.precision_reason,
             "quantization": meta.get("quantization"),
             "architecture": cfg.arch,
             "input_size": cfg.input_size,
@@ -76,6 +78,41 @@ class ServedModel:
             "warmup_ms": self.warmup_ms,
             "cpu_lanes": self.lane_count,
         }
+
+
+# YOLOV1_PRECISION=auto serves int8 only when it is at least this much faster: below
+# it, run-to-run noise on a shared machine could pick either.
+AUTO_INT8_GAIN = 1.1
+
+
+def pick_precision(
+    fp32: Path, int8: Path, *, providers: list[str] | None, intra_op_threads: int | None
+) -> tuple[str, str]:
+    """``("int8" | "fp32", why)``: both models timed at batch 1 on this machine, in
+    alternating rounds (medians), as a lone image runs; on a GPU provider, fp32."""
+    if not int8.exists():
+        return "fp32", "the version has no int8 variant"
+    kw = {"providers": providers, "intra_op_threads": intra_op_threads, "spin": True}
+    dets = {"fp32": OnnxDetector(fp32, **kw), "int8": OnnxDetector(int8, **kw)}
+    if dets["fp32"].provider != "CPUExecutionProvider":
+        return "fp32", f"{dets['fp32'].provider} runs the fp32 model"
+    size = dets["fp32"].cfg.input_size
+    one = np.zeros((1, size, size, 3), np.uint8)
+    times: dict[str, list[float]] = {k: [] for k in dets}
+    for _ in range(4):
+        for k, det in dets.items():
+            det.run(one)  # each round starts warm
+            for _ in range(8):
+                t0 = time.perf_counter()
+                det.run(one)
+                times[k].append(time.perf_counter() - t0)
+    ms = {k: float(np.median(v)) * 1000 for k, v in times.items()}
+    gain = ms["fp32"] / ms["int8"]
+    chosen = "int8" if gain >= AUTO_INT8_GAIN else "fp32"
+    return chosen, (
+        f"timed at load: int8 {ms['int8']:.2f} ms, fp32 {ms['fp32']:.2f} ms a 1-image batch "
+        f"({gain:.2f}x; int8 serves from {AUTO_INT8_GAIN}x)"
+    )
 
 
 def load_served_model(
@@ -189,13 +226,21 @@ class ModelManager:
             meta = self.store.verify(version)  # RegistryError for missing or corrupt files
             path, name = self.store.onnx_path(version), meta.get("name")
             int8 = self.store.onnx_path(version, "int8")
-        precision = "fp32"
+        precision, reason = "fp32", None
         if s.precision == "int8":
             if int8.exists():
                 path, precision = int8, "int8"
             else:
+                reason = "the version has no int8 variant"
                 log.warning("version %d has no int8 variant: serving its fp32 model", version)
-        return load_served_model(
+        elif s.precision == "auto":
+            precision, reason = pick_precision(
+                path, int8, providers=s.providers or None, intra_op_threads=s.intra_op_threads
+            )
+            log.info("version %d serves %s: %s", version, precision, reason)
+            if precision == "int8":
+                path = int8
+        served = load_served_model(
             path,
             version=version,
             name=name,
@@ -207,6 +252,8 @@ class ModelManager:
             precision=precision,
             lanes=s.lanes,
         )
+        served.precision_reason = reason
+        return served
 
     def versions(self) -> list[int]:
         return self.store.versions() if self.store is not None else [self.holder.current.version]

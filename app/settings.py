@@ -22,8 +22,10 @@ class Settings(BaseSettings):
     # The ONNX model served when no model store holds an active version.
     model_path: Path = ROOT / "models" / "default" / "model.onnx"
     # "int8": serve a version's verified int8 variant (yolov1 quantize) where it has
-    # one, else its fp32 model (said in the log and in /v1/models).
-    precision: Literal["fp32", "int8"] = "fp32"
+    # one, else its fp32 model (said in the log and in /v1/models). "auto": time both
+    # when a version loads and serve int8 where it is at least AUTO_INT8_GAIN faster
+    # on this CPU (it is on CPUs with VNNI, not on AVX2 alone; README).
+    precision: Literal["fp32", "int8", "auto"] = "fp32"
     # ONNX Runtime execution providers, in order of preference; empty: CUDA if
     # this build has it, then CPU.
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -4,6 +4,7 @@ refused, carried by the registry and served when YOLOV1_PRECISION=int8."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -106,6 +107,18 @@ def test_the_api_serves_the_int8_variant_when_asked(tmp_path):
             ).json()["detections"]
         finally:
             s.stop()
+    # auto: both timed at load; int8 serves only where it was AUTO_INT8_GAIN faster here.
+    s = Server({"YOLOV1_MODEL_PATH": str(DEFAULT_MODEL), "YOLOV1_PRECISION": "auto",
+                "YOLOV1_MODEL_STORE": str(tmp_path / "store")})  # fmt: skip
+    try:
+        s.wait_ready()
+        active = httpx.get(f"{s.url}/v1/models").json()["active"]
+        gain = float(re.search(r"\(([0-9.]+)x;", active["precision_reason"]).group(1))
+        assert active["precision"] == ("int8" if gain >= 1.1 else "fp32"), active
+        r = httpx.post(f"{s.url}/v1/detect", files={"image": ("a.jpg", jpeg)})
+        assert r.status_code == 200 and r.json()["model"]["version"] == v
+    finally:
+        s.stop()
     fp32, int8 = answers["fp32"], answers["int8"]
     assert [d["class_name"] for d in fp32] == [d["class_name"] for d in int8] and fp32
     for a, b in zip(fp32, int8, strict=True):
