@@ -42,7 +42,9 @@ export async function refreshModels() {
   }
   const a = m.active;
   const serving = document.getElementById("serving");
-  serving.textContent = `Serving ${a.name} v${a.version} on ${m.provider.replace("ExecutionProvider", "")}`;
+  serving.textContent = `Serving ${a.name} v${a.version} on ${m.provider.replace("ExecutionProvider", "")}`
+    + (a.precision === "int8" ? ", int8" : "");
+  serving.title = a.precision_reason || "";
   serving.dataset.version = a.version;
   onModel(a);
   const key = JSON.stringify(m.versions) + a.version;
