@@ -729,7 +729,11 @@ def test_a_versions_files_download_whole_and_checked(tmp_path):
         files = {f["name"]: f for f in info["files"]}
         assert sorted(files) == ["model.json", "model.onnx"]  # no checkpoint, no int8
         assert files["model.onnx"]["bytes"] == DEFAULT_MODEL.stat().st_size
-        assert httpx.get(f"{s.url}/v1/models/1", headers=key).json()["active"] is True
+        shipped = httpx.get(f"{s.url}/v1/models/1", headers=key).json()
+        assert shipped["active"] is True and shipped["source"] == "shipped default model"
+        # its training record, from its sidecar
+        assert shipped["hyperparameters"]["lambda_coord"] == 5.0
+        assert shipped["metrics"]["best_val_map50"] > 0.9
 
         r = httpx.get(s.url + files["model.onnx"]["url"], headers=key)
         assert r.status_code == 200 and r.content == DEFAULT_MODEL.read_bytes()

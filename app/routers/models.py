@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
@@ -128,16 +129,21 @@ def get_version(version: int, state: StateDep, _auth: ReadAuthDep) -> ModelVersi
         files.append(
             ModelFile(name=name, bytes=size, sha256=meta.get("sha256", {}).get(name), url=url)
         )
-    return ModelVersion(
-        **{
-            k: meta.get(k)
-            for k in ModelVersion.model_fields
-            if k not in ("version", "active", "files")
-        },
-        version=version,
-        active=version == store.active_version(),
-        files=files,
+    fields = {k: meta.get(k) for k in ModelVersion.model_fields}
+    # A version not made by a job here (the shipped default) has its training record in
+    # its sidecar only.
+    try:
+        side = json.loads((store.path(version) / "model.json").read_text())
+    except (OSError, ValueError):
+        side = {}
+    fields["hyperparameters"] = fields["hyperparameters"] or side.get("train_config")
+    fields["metrics"] = (
+        fields["metrics"]
+        or {k: side[k] for k in ("best_val_map50", "epochs_trained") if k in side}
+        or None
     )
+    fields.update(version=version, active=version == store.active_version(), files=files)
+    return ModelVersion(**fields)
 
 
 def _chunks(f, size: int = 1 << 20) -> Iterator[bytes]:
