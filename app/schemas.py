@@ -250,6 +250,9 @@ class DatasetRef(BaseModel):
 
 # A share in [0, 1): the constraints of the fields that say how much of something.
 BELOW_ONE: dict[str, Any] = {"ge": 0, "lt": 1, "allow_inf_nan": False}
+UP_TO_ONE: dict[str, Any] = {"ge": 0, "le": 1, "allow_inf_nan": False}
+# ... and those that weigh a term of the loss.
+LOSS_WEIGHT: dict[str, Any] = {"ge": 0, "le": 1000, "allow_inf_nan": False}
 
 
 class JobRequest(BaseModel):
@@ -281,11 +284,7 @@ class JobRequest(BaseModel):
         description="the peak, after warm-up; it then falls to a twentieth on a cosine",
     )
     weight_decay: float = Field(
-        FINETUNE.weight_decay,
-        ge=0,
-        le=1,
-        allow_inf_nan=False,
-        description="L2 (decoupled for adamw)",
+        FINETUNE.weight_decay, **UP_TO_ONE, description="L2 (decoupled for adamw)"
     )
     warmup_epochs: float = Field(
         FINETUNE.warmup_epochs,
@@ -296,9 +295,7 @@ class JobRequest(BaseModel):
     )
     backbone_lr_scale: float = Field(
         FINETUNE.backbone_lr_scale,
-        ge=0,
-        le=1,
-        allow_inf_nan=False,
+        **UP_TO_ONE,
         description="the backbone learns at this fraction of learning_rate",
     )
     freeze_backbone_epochs: int = Field(
@@ -336,18 +333,10 @@ class JobRequest(BaseModel):
         "weights (outputs of new classes stay as trained)",
     )
     lambda_coord: float = Field(
-        FINETUNE.lambda_coord,
-        ge=0,
-        le=1000,
-        allow_inf_nan=False,
-        description="weight of the box terms of the loss (the paper: 5)",
+        FINETUNE.lambda_coord, **LOSS_WEIGHT, description="the box terms' weight (paper: 5)"
     )
     lambda_noobj: float = Field(
-        FINETUNE.lambda_noobj,
-        ge=0,
-        le=1000,
-        allow_inf_nan=False,
-        description="weight of the no-object confidence term (the paper: 0.5)",
+        FINETUNE.lambda_noobj, **LOSS_WEIGHT, description="the no-object term's weight (paper: 0.5)"
     )
     confidence_target: Literal["iou", "one"] = Field(
         FINETUNE.confidence_target,
