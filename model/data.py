@@ -5,7 +5,7 @@ Every reader returns a :class:`DetectionDataset` of records with labels as
 ``(k, 5)`` arrays ``(class_id, cx, cy, w, h)`` in fractions of the image, and
 a list of what it skipped and why; nothing is dropped silently. Boxes that stick
 out of the image are clipped to it (and counted); boxes narrower or lower than
-``MIN_BOX`` of the image are skipped, as darknet drops them.
+``MIN_TRAINED_SIZE`` of the image are skipped, as darknet drops them.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import yaml
 from PIL import Image
 
 from model.preprocess import resize_uint8
+from model.targets import MIN_TRAINED_SIZE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-MIN_BOX = 0.005  # darknet's fill_truth_detection drops boxes with w or h below this
 
 
 @dataclass
@@ -86,8 +86,8 @@ class _Boxes:
         if c[2] - c[0] <= 0 or c[3] - c[1] <= 0:
             self.skipped.append(f"{where}: box outside the image")
             return None
-        if c[2] - c[0] < MIN_BOX or c[3] - c[1] < MIN_BOX:
-            self.skipped.append(f"{where}: box smaller than {MIN_BOX} of the image")
+        if c[2] - c[0] < MIN_TRAINED_SIZE or c[3] - c[1] < MIN_TRAINED_SIZE:
+            self.skipped.append(f"{where}: box smaller than {MIN_TRAINED_SIZE} of the image")
             return None
         if (c == [x1, y1, x2, y2]).all() and cxcywh is not None:
             return [cls, *cxcywh]
