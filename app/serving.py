@@ -93,9 +93,10 @@ def pick_precision(
     if not int8.exists():
         return "fp32", "the version has no int8 variant"
     kw = {"providers": providers, "intra_op_threads": intra_op_threads, "spin": True}
-    dets = {"fp32": OnnxDetector(fp32, **kw), "int8": OnnxDetector(int8, **kw)}
+    dets = {"fp32": OnnxDetector(fp32, **kw)}
     if dets["fp32"].provider != "CPUExecutionProvider":
         return "fp32", f"{dets['fp32'].provider} runs the fp32 model"
+    dets["int8"] = OnnxDetector(int8, **kw)
     size = dets["fp32"].cfg.input_size
     one = np.zeros((1, size, size, 3), np.uint8)
     times: dict[str, list[float]] = {k: [] for k in dets}
