@@ -155,6 +155,10 @@ class LossTerms(BaseModel):
 class ImageLoss(BaseModel):
     loss: float
     terms: LossTerms
+    darknet_cost: float = Field(
+        description="the figure darknet's detection layer reports for the same outputs, "
+        "sum(delta²): λcoord·coord + obj + λnoobj·noobj + class (docs/loss.md)"
+    )
     objects: int = Field(description="objects assigned to a cell")
     dropped_objects: int = Field(
         description="objects not trained: their cell was taken by one listed before, or "
@@ -170,6 +174,9 @@ class LossMetrics(BaseModel):
 class LossResponse(BaseModel):
     loss: float = Field(description="mean over images of the per-image loss")
     terms: LossTerms = Field(description=f"means over images of {TERMS_DOC}")
+    darknet_cost: float = Field(
+        description="darknet's cost for the batch, summed over images as darknet prints it"
+    )
     per_image: list[ImageLoss]
     grid: Grid
     metrics: LossMetrics | None = None

@@ -11,7 +11,7 @@ from app.errors import InputError
 from app.schemas import Grid, ImageLoss, Label, LossMetrics, LossOptions, LossResponse, LossTerms
 from model.evaluate import evaluate_grids
 from model.layout import darknet_to_cells
-from model.loss_core import TERMS, LossResult
+from model.loss_core import TERMS, LossResult, darknet_cost
 from model.loss_numpy import yolo_loss_numpy
 
 
@@ -49,11 +49,12 @@ def _terms(get: Any) -> LossTerms:
     return LossTerms(**{("class_" if k == "class" else k): float(get(k)) for k in TERMS})
 
 
-def _per_image(r: LossResult, n: int) -> list[ImageLoss]:
+def _per_image(r: LossResult, n: int, cost: np.ndarray) -> list[ImageLoss]:
     return [
         ImageLoss(
             loss=float(r.per_image["total"][i]),
             terms=_terms(lambda k, i=i: r.per_image[k][i]),
+            darknet_cost=float(cost[i]),
             objects=int(r.objects[i]),
             dropped_objects=int(r.dropped[i]),
         )
@@ -97,10 +98,12 @@ def score(
         raise InputError(422, str(exc)) from exc
     if not np.isfinite(r.per_image["total"]).all():
         raise InputError(422, "predictions are too large: the loss overflows")
+    cost = darknet_cost(r.per_image, opts.lambda_coord, opts.lambda_noobj)  # (N,)
     return LossResponse(
         loss=float(r.total),
         terms=_terms(lambda k: r.terms[k]),
-        per_image=_per_image(r, arr.shape[0]),
+        darknet_cost=float(cost.sum()),
+        per_image=_per_image(r, arr.shape[0], cost),
         grid=grid,
         metrics=_metrics(arr, lab, grid, class_names) if opts.metrics else None,
     )

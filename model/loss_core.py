@@ -130,6 +130,17 @@ def target_arrays(targets: GridTargets, S: int, B: int) -> dict[str, Any]:
     }
 
 
+def darknet_cost(terms: dict[str, Any], lambda_coord: float, lambda_noobj: float) -> Any:
+    """What darknet's detection layer leaves in ``*l.cost`` for the same outputs:
+    ``sum(delta**2)`` with ``delta = scale * (target - output)``, which weighs each
+    weighted term once more, ``λcoord·(coord_xy + coord_wh) + obj + λnoobj·noobj +
+    class`` (object and class scales 1, as the paper has them). Its gradient is not this
+    loss's: darknet trains on ``delta``, the negative gradient of half of it
+    (docs/loss.md). Scalars or arrays alike."""
+    coord = terms["coord_xy"] + terms["coord_wh"]
+    return lambda_coord * coord + terms["obj"] + lambda_noobj * terms["noobj"] + terms["class"]
+
+
 def reduce(per_image: Any, reduction: Reduction) -> Any:
     if reduction == "mean":
         return per_image.mean()

@@ -194,6 +194,14 @@ def test_loss_endpoint_equals_model_loss(client, grid):
                 assert out["per_image"][n]["terms"][k] == pytest.approx(
                     float(ref.per_image[k][n]), rel=1e-9, abs=1e-12
                 )
+        # darknet's figure for the same outputs: each weighted term weighted once more
+        costs = []
+        for im in out["per_image"]:
+            t = im["terms"]
+            costs.append(4.0 * (t["coord_xy"] + t["coord_wh"]) + t["obj"] + 0.25 * t["noobj"]
+                         + t["class"])  # fmt: skip
+            assert im["darknet_cost"] == pytest.approx(costs[-1], rel=1e-12)
+        assert out["darknet_cost"] == pytest.approx(sum(costs), rel=1e-12)
         assert out["grid"] == {"S": S, "B": B, "C": C}
 
 

@@ -19,6 +19,7 @@ import torch
 
 from model.layout import cells_to_darknet
 from model.loss import yolo_loss
+from model.loss_core import darknet_cost
 from model.loss_numpy import yolo_loss_numpy
 from model.targets import assign_cells
 
@@ -71,8 +72,11 @@ def _predictions(rng, N: int, S: int, B: int, C: int, spread: float) -> np.ndarr
     return pred
 
 
-def _darknet(harness, tmp: Path, pred, labels, S, B, C, rescore) -> tuple[np.ndarray, np.ndarray]:
-    """darknet's ``delta`` ``(N, S*S*(5B+C))`` and its truth ``(N, S, S, 5+C)``."""
+def _darknet(
+    harness, tmp: Path, pred, labels, S, B, C, rescore
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """darknet's ``delta`` ``(N, S*S*(5B+C))``, its truth ``(N, S, S, 5+C)`` and its
+    cost."""
     (tmp / "images").mkdir(exist_ok=True)
     (tmp / "labels").mkdir(exist_ok=True)
     paths = []
@@ -83,12 +87,14 @@ def _darknet(harness, tmp: Path, pred, labels, S, B, C, rescore) -> tuple[np.nda
     (tmp / "list.txt").write_text("\n".join(paths) + "\n")
     cells_to_darknet(pred, S=S, B=B, C=C).astype(np.float32).tofile(tmp / "pred.bin")
     out = [str(tmp / "delta.bin"), str(tmp / "truth.bin")]
-    subprocess.run([str(harness), str(S), str(B), str(C), str(rescore), str(tmp / "pred.bin"),
-                    str(tmp / "list.txt"), *out], check=True, capture_output=True)  # fmt: skip
+    ran = subprocess.run([str(harness), str(S), str(B), str(C), str(rescore),
+                          str(tmp / "pred.bin"), str(tmp / "list.txt"), *out],
+                         check=True, capture_output=True, text=True)  # fmt: skip
     N = len(labels)
     delta = np.fromfile(out[0], np.float32).reshape(N, -1)
     truth = np.fromfile(out[1], np.float32).reshape(N, S, S, 5 + C)
-    return delta, truth
+    cost = float(ran.stdout.split()[-1])  # the last line: *l.cost
+    return delta, truth, cost
 
 
 def _terms_from_delta(delta, pred, S, B, C) -> dict[str, float]:
@@ -116,7 +122,7 @@ def test_gradient_and_terms_equal_darknets_detection_layer(harness, tmp_path, S,
         rng = np.random.default_rng([seed, S, B, C, rescore])
         labels = _labels(rng, S, C, 16, shared=False)
         pred = _predictions(rng, 16, S, B, C, spread)
-        delta, truth = _darknet(harness, tmp_path, pred, labels, S, B, C, rescore)
+        delta, truth, cost = _darknet(harness, tmp_path, pred, labels, S, B, C, rescore)
 
         # The same cells hold the same (clipped) boxes and classes.
         a = assign_cells(labels, len(labels), S, C)
@@ -139,6 +145,10 @@ def test_gradient_and_terms_equal_darknets_detection_layer(harness, tmp_path, S,
         theirs = _terms_from_delta(delta, pred, S, B, C)
         for k, v in theirs.items():
             assert float(ours.terms[k]) == pytest.approx(v, rel=1e-5, abs=1e-5), (k, seed)
+        # the figure darknet itself reports, from this loss's terms
+        assert float(darknet_cost(ours.terms, LAMBDA_COORD, LAMBDA_NOOBJ)) == pytest.approx(
+            cost, rel=1e-5
+        )
         kept = int(a.objects.sum())
         assert int(ours.dropped.sum()) == sum(len(lab) for lab in labels) - kept
 
@@ -150,7 +160,7 @@ def test_objects_sharing_a_cell_one_wins_as_darknet_picks(harness, tmp_path):
     rng = np.random.default_rng(11)
     labels = _labels(rng, S, C, 24, shared=True)
     pred = _predictions(rng, 24, S, B, C, 1.0)
-    delta, truth = _darknet(harness, tmp_path, pred, labels, S, B, C, 1)
+    delta, truth, _ = _darknet(harness, tmp_path, pred, labels, S, B, C, 1)
     assert sum(len(lab) for lab in labels) > int((truth[..., 0] > 0).sum())  # some lost a cell
     reordered = []
     for n, lab in enumerate(labels):
