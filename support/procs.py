@@ -119,9 +119,10 @@ class MakeRun(Process):
         super().__init__([sys.executable, "scripts/serve.py"], env, f"make-run-{self.port}")
 
     def up(self) -> bool:
-        """The API answers, and its Redis with it."""
+        """The API is ready (its model loaded and warm), and its Redis with it."""
         try:
-            return httpx.get(f"{self.url}/readyz").json().get("dependencies") == {"redis": "up"}
+            r = httpx.get(f"{self.url}/readyz")
+            return r.status_code == 200 and r.json().get("dependencies") == {"redis": "up"}
         except (httpx.TransportError, ValueError):
             return False
 

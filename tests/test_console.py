@@ -197,6 +197,8 @@ def test_score_example_and_the_loop_from_a_drawn_box(page, stack, tmp_path):
     page.click("#score-run")
     page.wait_for_selector("#score-total")
     assert float(page.inner_text("#score-total")) > 0
+    # darknet's own figure for the same outputs, beside the loss
+    assert float(page.inner_text("#score-darknet")) > 0
     assert page.locator("#score-per-image tbody tr").count() == 1
     page.screenshot(path=SHOTS / "score.png", full_page=True)
     # Draw the first object on the detect image, score the raw grid against it.

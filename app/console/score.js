@@ -30,6 +30,8 @@ export function showResult(res, note = "") {
     el("h3", {}, "Result"),
     note ? el("p", { class: "meta" }, note) : null,
     el("p", {}, "Loss (mean over images): ", el("strong", { id: "score-total" }, fmt(res.loss))),
+    el("p", { class: "meta", title: "sum of delta² over the batch: λcoord·coord + obj + λnoobj·noobj + class (docs/loss.md)" },
+      "darknet's cost for the same outputs (summed): ", el("span", { id: "score-darknet" }, fmt(res.darknet_cost))),
     el("table", { id: "score-terms" },
       el("caption", {}, "Terms (means over images)"),
       el("thead", {}, el("tr", {}, ...TERMS.map((t) => el("th", { scope: "col", class: "num" }, t)))),
