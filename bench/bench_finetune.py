@@ -34,14 +34,15 @@ def held_out_map(store: ModelStore, data: Path) -> tuple[float, dict[str, float]
 
 
 def job(store: ModelStore, data: Path, run: Path, **overrides) -> tuple[object, float]:
-    """A job with the defaults but for ``overrides`` (job fields, as the API takes them)."""
-    image_size = overrides.pop("image_size", None)
+    """A job with the defaults but for ``overrides`` (job fields, as the API takes them:
+    the job's own, such as ``image_size`` and ``val_fraction``, and the training ones)."""
+    own = {k: overrides.pop(k) for k in list(overrides) if k in ("image_size", "val_fraction")}
     spec = JobSpec(
         dataset_format="yolo",
         dataset_path=data,
         auto_activate=True,
-        image_size=image_size,
         train=TrainConfig(**{**FINETUNE.to_dict(), **overrides}),
+        **own,
     )
     t0 = time.perf_counter()
     out = run_finetune(spec, run, store)
