@@ -192,7 +192,9 @@ class ModelInfo(BaseModel):
     classes: list[str]
     layout: str
     precision: Literal["fp32", "int8"] = Field(
-        "fp32", description="int8: the version's verified int8 variant serves (YOLOV1_PRECISION)"
+        "fp32",
+        description="int8: the version's verified int8 variant serves (YOLOV1_PRECISION int8, "
+        "or auto where this CPU runs it faster)",
     )
     precision_reason: str | None = Field(
         None, description="why this precision serves (YOLOV1_PRECISION=auto: both timed here)"
