@@ -134,8 +134,8 @@ def darknet_cost(terms: dict[str, Any], lambda_coord: float, lambda_noobj: float
     """What darknet's detection layer leaves in ``*l.cost`` for the same outputs:
     ``sum(delta**2)`` with ``delta = scale * (target - output)``, which weighs each
     weighted term once more, ``λcoord·(coord_xy + coord_wh) + obj + λnoobj·noobj +
-    class`` (object and class scales 1, as the paper has them). Its gradient is not this
-    loss's: darknet trains on ``delta``, the negative gradient of half of it
+    class`` (object and class scales 1, as the paper has them). A figure only: darknet
+    trains on ``delta``, the negative gradient of half the loss here, not of this cost
     (docs/loss.md). Scalars or arrays alike."""
     coord = terms["coord_xy"] + terms["coord_wh"]
     return lambda_coord * coord + terms["obj"] + lambda_noobj * terms["noobj"] + terms["class"]
