@@ -234,18 +234,21 @@ class Client:
             dest = dest / f"yolov1-v{version}-{name}"
         part = dest.with_name(dest.name + ".part")
         h = hashlib.sha256()
-        with self.http.stream("GET", f"/v1/models/{version}/files/{name}") as r:
-            if not r.is_success:
-                r.read()
-                _raise_for(r)
-            with open(part, "wb") as f:
-                for chunk in r.iter_bytes():
-                    h.update(chunk)
-                    f.write(chunk)
-            want = r.headers.get("repr-digest", "")
-        if want.startswith("sha-256=:") and base64.b64decode(want[9:-1]) != h.digest():
-            part.unlink()
-            raise APIError(502, f"{name} of version {version} does not match its checksum")
+        try:
+            with self.http.stream("GET", f"/v1/models/{version}/files/{name}") as r:
+                if not r.is_success:
+                    r.read()
+                    _raise_for(r)
+                with open(part, "wb") as f:
+                    for chunk in r.iter_bytes():
+                        h.update(chunk)
+                        f.write(chunk)
+                want = r.headers.get("repr-digest", "")
+            if want.startswith("sha-256=:") and base64.b64decode(want[9:-1]) != h.digest():
+                raise APIError(502, f"{name} of version {version} does not match its checksum")
+        except BaseException:
+            part.unlink(missing_ok=True)  # a broken or failed download leaves nothing
+            raise
         part.replace(dest)
         return dest
 
