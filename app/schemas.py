@@ -247,6 +247,9 @@ class ModelVersion(BaseModel):
         None, description="the job's TrainConfig, as saved beside the checkpoint"
     )
     metrics: dict[str, Any] | None = Field(None, description="what the job measured")
+    int8: str | None = Field(
+        None, description="whether the job registered an int8 variant, or why not"
+    )
     files: list[ModelFile] = Field(description="the version's files, to download")
 
 
@@ -384,10 +387,11 @@ class JobRequest(BaseModel):
         description="activate the new version if its validation mAP beats the base "
         "model's on the same validation split",
     )
-    int8: bool = Field(
-        False,
+    int8: bool | None = Field(
+        None,
         description="also register an int8 variant, calibrated on the training images and "
-        "kept only if it loses at most 0.01 mAP@0.5 on the validation split",
+        "kept only if it loses at most 0.01 mAP@0.5 on the validation split; default: "
+        "when the base version has one (the shipped default model does)",
     )
 
 

@@ -31,6 +31,6 @@ def spec_from_request(
         image_size=request.get("image_size"),
         val_fraction=request.get("val_fraction", 0.2),
         auto_activate=bool(request.get("auto_activate")),
-        int8=bool(request.get("int8")),
+        int8=request.get("int8"),
         train=TrainConfig(**{**FINETUNE.to_dict(), **train}),
     )

@@ -159,5 +159,6 @@ class JobSpec:
     image_size: int | None = None  # None: the base model's input size
     val_fraction: float = 0.2
     auto_activate: bool = False
-    int8: bool = False  # also register a verified int8 variant (model.quantize)
+    # also register a verified int8 variant (model.quantize); None: when the base has one
+    int8: bool | None = None
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**FINETUNE.to_dict()))

@@ -261,8 +261,13 @@ def register_version(
     calibration = calibrate_version(run_dir / "model.onnx", data, base)
     slim_checkpoint(result.best_checkpoint, run_dir / "model.pt")
     files = {n: run_dir / n for n in ("model.onnx", "model.json", "model.pt")}
-    int8_note = quantize_version(run_dir, data) if spec.int8 else None
-    if int8_note is None and spec.int8:
+    # A version carries what its base carried unless the job says: a fine-tuned
+    # default model keeps serving as int8 where YOLOV1_PRECISION=auto chose it.
+    int8 = spec.int8
+    if int8 is None:
+        int8 = store.onnx_path(spec.base_version, "int8").exists()
+    int8_note = quantize_version(run_dir, data) if int8 else None
+    if int8_note is None and int8:
         files.update({n: run_dir / n for n in ("model.int8.onnx", "model.int8.json")})
     meta = {
         "name": f"finetune-{run_dir.name}",
@@ -282,9 +287,15 @@ def register_version(
         },
         "head_rebuilt": rebuilt,
         "calibration": calibration,
-        "int8": int8_note or ("registered" if spec.int8 else "not asked for"),
+        "int8": int8_note or ("registered" if int8 else int8_unasked(spec)),
     }
     return store.register(files, meta)
+
+
+def int8_unasked(spec: JobSpec) -> str:
+    if spec.int8 is False:
+        return "not asked for"
+    return "not made: the base version has none (set int8 to make one)"
 
 
 def quantize_version(run_dir: Path, data: Data) -> str | None:

@@ -142,6 +142,7 @@ def test_run_finetune_registers_a_version_with_a_rebuilt_head(tmp_path):
     again = ModelStore(tmp_path / "again")
     again.ensure_default(DEFAULT_MODEL)
     run_finetune(replace(spec, int8=False), tmp_path / "run2", again)
+    assert again.verify(2)["int8"] == "not asked for" and not again.onnx_path(2, "int8").exists()
     a = torch.load(store.path(2) / "model.pt", weights_only=False)["model"]
     b = torch.load(again.path(2) / "model.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -123,6 +123,12 @@ def test_job_runs_registers_a_version_and_reports(stack):
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     versions = c.get("/v1/models").json()["versions"]
     assert [v["version"] for v in versions] == [1, 2] and versions[1]["parent"] == 1
+    # The base (the shipped default) has an int8 variant, so the job made one too, or
+    # says with both figures why it kept none.
+    v2 = c.get("/v1/models/2").json()
+    has_int8 = "model.int8.onnx" in {f["name"] for f in v2["files"]}
+    assert has_int8 == (v2["int8"] == "registered"), v2["int8"]
+    assert has_int8 or v2["int8"].startswith("not registered: int8 mAP@0.5"), v2["int8"]
     listed = c.get("/v1/jobs", params={"limit": 5}).json()
     assert listed["total"] >= 1 and listed["items"][0]["id"] == job_id
     with c.stream("GET", f"/v1/jobs/{job_id}/events") as r:
