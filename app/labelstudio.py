@@ -1,13 +1,21 @@
 """The Label Studio ML backend protocol (label_studio_ml/api.py): which control and
-image a project's labelling config names, where a task's image comes from, and
-detections as ``RectangleLabels`` results in percent of the image."""
+image a project's labelling config names, where a task's image comes from, how this
+backend signs in to Label Studio to read it, and detections as ``RectangleLabels``
+results in percent of the image."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import json
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from app.errors import InputError
 from model.infer import Detection
@@ -113,3 +121,71 @@ def prediction(result: list[dict[str, Any]], model_version: str) -> dict[str, An
         "score": sum(scores) / len(scores) if scores else 0.0,
         "model_version": model_version,
     }
+
+
+def jwt_claims(token: str) -> dict[str, Any] | None:
+    """A JWT's payload, unverified (Label Studio checks it; we only read ``token_type``
+    and ``exp``), or None when ``token`` is not a JWT (a legacy API token)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+class StudioAuth:
+    """The ``Authorization`` header for Label Studio's files.
+
+    A legacy API token goes as ``Token <key>``. A personal access token (Label Studio
+    1.20+, where legacy tokens are off by default) is a JWT refresh token that Label
+    Studio refuses on its own: it is exchanged at ``/api/token/refresh/`` for an access
+    token (valid minutes), sent as ``Bearer``, and exchanged again shortly before that
+    one expires."""
+
+    RENEW_BEFORE_S = 30.0
+
+    def __init__(self, base_url: str, key: str | None, *, timeout_s: float = 5.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.key = key
+        self.timeout_s = timeout_s
+        claims = jwt_claims(key) if key else None
+        self.refresh_token = key if claims and claims.get("token_type") == "refresh" else None
+        self._access: str | None = None
+        self._expires = 0.0
+        self._lock = asyncio.Lock()
+
+    async def headers(self) -> dict[str, str]:
+        if not self.key:
+            return {}
+        if self.refresh_token is None:
+            # A legacy token, or an access token given as is.
+            return {"Authorization": f"{'Bearer' if jwt_claims(self.key) else 'Token'} {self.key}"}
+        async with self._lock:
+            if self._access is None or time.time() > self._expires - self.RENEW_BEFORE_S:
+                self._access, self._expires = await self._exchange()
+        return {"Authorization": f"Bearer {self._access}"}
+
+    async def _exchange(self) -> tuple[str, float]:
+        url = f"{self.base_url}/api/token/refresh/"
+        where = "YOLOV1_LABELSTUDIO_API_KEY (a personal access token)"
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout_s) as client:
+                r = await client.post(url, json={"refresh": self.refresh_token})
+        except httpx.HTTPError as exc:
+            msg = f"could not reach Label Studio at {url} to use {where}: {exc}"
+            raise InputError(422, msg) from exc
+        try:
+            access = r.json().get("access") if r.status_code == 200 else None
+        except (ValueError, AttributeError):
+            access = None
+        if not isinstance(access, str):
+            raise InputError(
+                422,
+                f"Label Studio refused {where} at {url} ({r.status_code}): make a new token "
+                "in Label Studio (Account & Settings) and set it",
+            )
+        exp = (jwt_claims(access) or {}).get("exp")
+        return access, float(exp) if isinstance(exp, int | float) else time.time() + 60

@@ -19,6 +19,7 @@ from fastapi_offline import FastAPIOffline
 from app import errors
 from app import kserve as kserve_schemas
 from app.batching import MicroBatcher
+from app.labelstudio import StudioAuth
 from app.limits import BodyLimitMiddleware
 from app.observability import Metrics, MetricsMiddleware
 from app.routers import datasets, detect, health, jobs, kserve, labelstudio, loss, models
@@ -49,6 +50,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.holder,
         on_swap=lambda m: state.metrics.set_model(m.name, m.version, m.detector.provider),
     )
+    if settings.labelstudio_url:
+        state.studio = StudioAuth(
+            settings.labelstudio_url,
+            settings.labelstudio_api_key,
+            timeout_s=settings.image_url_timeout_s,
+        )
     if settings.redis_url:
         from jobs.store import JobStore
 

@@ -78,8 +78,10 @@ async def fetch_image(
     max_redirects: int,
     where: str = "url",
     headers: dict[str, str] | None = None,
+    refused_hint: str = "",
 ) -> bytes:
-    """GET an image from an allowlisted host; every failure is a 422 that says why."""
+    """GET an image from an allowlisted host; every failure is a 422 that says why
+    (``refused_hint`` is added where the host answers 401 or 403)."""
     if url.startswith("data:"):
         return data_url_bytes(url, limit, where)
     if len(url) > 4096:
@@ -116,7 +118,9 @@ async def fetch_image(
                         url = nxt
                         continue
                     if r.status_code != 200:
-                        raise InputError(422, f"{where}: the image host answered {r.status_code}")
+                        hint = refused_hint if r.status_code in (401, 403) else ""
+                        msg = f"{where}: the image host answered {r.status_code}{hint}"
+                        raise InputError(422, msg)
                     too_large = InputError(413, f"{where}: the image exceeds {limit} bytes")
                     length = r.headers.get("content-length", "")
                     if length.isdigit() and int(length) > limit:

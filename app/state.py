@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from app.batching import MicroBatcher
+from app.labelstudio import StudioAuth
 from app.observability import Metrics
 from app.serving import ModelHolder, ModelManager, ServedModel
 from app.settings import Settings
@@ -27,6 +28,7 @@ class AppState:
     score_pool: ThreadPoolExecutor | None = None
     manager: ModelManager | None = None
     jobs: JobStore | None = None  # Redis-backed job and data set records
+    studio: StudioAuth | None = None  # signs in to Label Studio (YOLOV1_LABELSTUDIO_URL)
 
 
 # Dependencies are async on purpose: FastAPI runs a plain ``def`` dependency in its

@@ -30,15 +30,46 @@ def _sample(k: int):
     return make_sample(sample_seed(777, k), "easy")
 
 
+def _jwt(token_type: str, exp: float) -> str:
+    """A JWT as Label Studio issues them (the signature is not ours to check)."""
+
+    def part(d: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+
+    payload = {"token_type": token_type, "exp": int(exp), "jti": str(time.time_ns())}
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(payload)}.c2lnbmF0dXJl"
+
+
 class ImageHost:
     """A real HTTP server on loopback: serves images, redirects, stalls and checks a
     token, as an image host or Label Studio would."""
 
-    def __init__(self, files: dict[str, bytes], token: str | None = None) -> None:
+    def __init__(
+        self, files: dict[str, bytes], token: str | None = None, pat: str | None = None
+    ) -> None:
         host = self
         self.files, self.token, self.requests = files, token, []
+        # Label Studio 1.20+: a personal access token (a JWT refresh token) is exchanged
+        # at /api/token/refresh/ for a short-lived access token, sent as Bearer.
+        self.pat, self.refuse_refresh, self.issued = pat, False, []
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                host.requests.append((self.path, body))
+                ok = self.path == "/api/token/refresh/" and body.get("refresh") == host.pat
+                if not ok or host.refuse_refresh:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                host.issued.append(_jwt("access", time.time() + 300))
+                out = json.dumps({"access": host.issued[-1]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
             def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
                 host.requests.append((self.path, self.headers.get("Authorization")))
                 if self.path.startswith("/redirect-to/"):
@@ -57,7 +88,8 @@ class ImageHost:
                     self.end_headers()
                     time.sleep(3)
                     return
-                if host.token and self.headers.get("Authorization") != f"Token {host.token}":
+                accepted = {f"Token {host.token}", *(f"Bearer {a}" for a in host.issued)}
+                if (host.token or host.pat) and self.headers.get("Authorization") not in accepted:
                     self.send_response(401)
                     self.end_headers()
                     return
@@ -414,6 +446,37 @@ def test_label_studio_bad_requests_say_why(client, change, words):
             "label_config": LABEL_CONFIG, **change}  # fmt: skip
     r = client.post("/labelstudio/predict", json=body)
     assert 400 <= r.status_code < 500 and words in r.text, r.text
+
+
+def test_label_studio_personal_access_token_is_exchanged_for_access_tokens():
+    # Label Studio 1.20+ turns legacy tokens off by default; what a user copies from
+    # Account & Settings is a personal access token, refused on its own as a credential.
+    pat = _jwt("refresh", time.time() + 10**8)
+    studio = ImageHost({"/data/upload/4/t.jpg": _sample(5).encoded}, pat=pat)
+    server = Server({"YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
+                     "YOLOV1_LABELSTUDIO_URL": studio.url + "/",
+                     "YOLOV1_LABELSTUDIO_API_KEY": pat})  # fmt: skip
+    task = {"id": 1, "data": {"image": "/data/upload/4/t.jpg"}}
+    body = {"tasks": [task, {**task, "id": 2}], "label_config": LABEL_CONFIG}
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            studio.refuse_refresh = True  # a revoked token: said, not a 500
+            r = c.post("/labelstudio/predict", json={**body, "tasks": [task]})
+            assert r.status_code == 422 and "Label Studio refused" in r.text, r.text
+            studio.refuse_refresh = False
+            for _ in range(2):
+                r = c.post("/labelstudio/predict", json=body)
+                assert r.status_code == 200, r.text
+                assert [len(p["result"]) > 0 for p in r.json()["results"]] == [True, True]
+    finally:
+        server.stop()
+        studio.close()
+    refreshes = [b for path, b in studio.requests if path == "/api/token/refresh/"]
+    # One refused, then one access token for both requests: it is valid for minutes.
+    assert refreshes == [{"refresh": pat}] * 2 and len(studio.issued) == 1
+    reads = [a for path, a in studio.requests if path == "/data/upload/4/t.jpg"]
+    assert reads == [f"Bearer {studio.issued[0]}"] * 4
 
 
 # --- the Python client -----------------------------------------------------------------

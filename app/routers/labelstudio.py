@@ -152,17 +152,19 @@ async def task_image(state: AppState, ref: str, where: str) -> bytes:
         return decode_base64(ref, s.max_upload_bytes, where)
     fetch = {**fetch_limits(s), "where": where}
     if ref.startswith("/"):
-        if not s.labelstudio_url:
+        if state.studio is None:
             raise InputError(
                 422,
                 f"{where}: {ref!r} is a file on Label Studio; set YOLOV1_LABELSTUDIO_URL (and "
                 "YOLOV1_LABELSTUDIO_API_KEY) so this backend can read it",
             )
-        base = s.labelstudio_url.rstrip("/")
-        headers = (
-            {"Authorization": f"Token {s.labelstudio_api_key}"} if s.labelstudio_api_key else {}
-        )
+        base = state.studio.base_url
         return await fetch_image(
-            base + ref, allowed_hosts=[urlsplit(base).hostname or ""], headers=headers, **fetch
+            base + ref,
+            allowed_hosts=[urlsplit(base).hostname or ""],
+            headers=await state.studio.headers(),
+            refused_hint=" (Label Studio refused YOLOV1_LABELSTUDIO_API_KEY: set a token of "
+            "a user of that project, from Account & Settings)",
+            **fetch,
         )
     return await fetch_image(ref, allowed_hosts=s.image_url_hosts, **fetch)
