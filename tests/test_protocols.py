@@ -380,6 +380,8 @@ def test_label_studio_backend_as_label_studio_calls_it(client, studio):
               "access_token": "abc", "model_version": None, "extra_params": None},
     )  # fmt: skip
     assert setup.status_code == 200 and setup.json()["model_version"] == "default-v1"
+    # The versions Label Studio lists for the project (its ML settings' version menu).
+    assert client.get("/labelstudio/versions").json() == {"versions": ["default-v1"]}
     s = _sample(5)
     task = {
         "id": 9,

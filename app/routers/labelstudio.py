@@ -17,6 +17,7 @@ from app.detection import detect_image
 from app.errors import InputError
 from app.sources import decode_base64, fetch_image, fetch_limits
 from app.state import AppState, ModelDep, StateDep
+from model.registry import RegistryError
 
 router = APIRouter(prefix="/labelstudio", tags=["label studio"])
 VERSION = re.compile(r"-v(\d{1,9})$")
@@ -66,6 +67,22 @@ def health() -> dict[str, str]:
 def setup(req: SetupRequest, model: ModelDep) -> dict[str, str]:
     ls.parse_config(req.schema_)  # a config this backend cannot serve is said now
     return {"model_version": model_version(model.name, model.version)}
+
+
+@router.get("/versions", summary="The model versions Label Studio can ask /predict for")
+def versions(state: StateDep, model: ModelDep) -> dict[str, list[str]]:
+    """Every registered version as ``name-vN`` (Label Studio's model version list); a
+    server without a registry has only the model it serves."""
+    store = state.manager.store
+    if store is None:
+        return {"versions": [model_version(model.name, model.version)]}
+    out = []
+    for v in store.versions():
+        try:
+            out.append(model_version(store.meta(v).get("name") or "model", v))
+        except RegistryError:
+            continue  # a version being written or removed
+    return {"versions": out}
 
 
 @router.post("/webhook", summary="Label Studio's events (training runs through /v1/jobs)")
