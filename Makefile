@@ -22,10 +22,12 @@ install: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure-test-tools.sh
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The API on YOLOV1_HOST:YOLOV1_PORT (127.0.0.1:8000) and one training worker;
 # an embedded Redis unless YOLOV1_REDIS_URL is set (scripts/serve.py).

