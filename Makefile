@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= train,api,worker,cpu,dev
 
-.PHONY: install test run run-api bench gpu-check soak model lint clean containers
+.PHONY: install test run run-api bench gpu-check soak model lint clean containers proto
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# The gRPC stubs of KServe v2 (app/grpc_v2), from the .proto beside them.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. app/grpc_v2/inference.proto
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,5 +1,6 @@
-"""The Open Inference Protocol (KServe v2) over HTTP, with Triton's binary tensor data
-extension: parsing an infer request into named arrays, and the response back.
+"""The Open Inference Protocol (KServe v2): parsing an HTTP infer request (with Triton's
+binary tensor data extension) into named arrays and the response back, and what a
+request does, for HTTP and gRPC (``app.grpc_v2.server``) alike.
 
 The model takes one of two inputs:
 
@@ -12,22 +13,29 @@ and gives one output, ``grid``: FP32 ``[N, S, S, 5B + C]``, the raw YOLOv1 grid
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from app.detection import prepare
 from model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from app.serving import ServedModel
+    from app.state import AppState
 
 MODEL_NAME = "yolov1"
 IMAGE_INPUT = "image_bytes"
 OUTPUT = "grid"
 HEADER = "Inference-Header-Content-Length"
+MAX_ELEMENTS = 64 * 3 * 1024 * 1024  # a batch of 64 at 1024 x 1024
 
 DTYPES: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -181,7 +189,7 @@ def parse_infer(body: bytes, header_length: str | None, max_elements: int) -> In
     offset = 0
     inputs = []
     for i, t in enumerate(doc["inputs"]):
-        tensor, used = _input(t, i, rest[offset:], max_elements)
+        tensor, used = parse_input(t, i, rest[offset:], max_elements)
         offset += used
         inputs.append(tensor)
     if offset != len(rest):
@@ -203,7 +211,9 @@ def parse_infer(body: bytes, header_length: str | None, max_elements: int) -> In
     )
 
 
-def _input(t: Any, i: int, binary: memoryview, max_elements: int) -> tuple[Tensor, int]:
+def parse_input(t: Any, i: int, binary: memoryview, max_elements: int) -> tuple[Tensor, int]:
+    """One input tensor of the request (``t`` its JSON object); its data from ``data``
+    or from the front of ``binary``. Returns the tensor and the binary bytes it used."""
     where = f"inputs[{i}]"
     if not isinstance(t, dict):
         raise ProtocolError(f"{where} must be an object")
@@ -321,3 +331,64 @@ def encode_response(
     if not blob:
         return head, {"content-type": "application/json"}
     return head + blob, {"content-type": "application/octet-stream", HEADER: str(len(head))}
+
+
+# What a request does, for both transports (app/routers/kserve.py over HTTP,
+# app/grpc_v2/server.py over gRPC).
+def _version(version: str | None) -> int | None:
+    if version is None:
+        return None
+    if not (version.isascii() and version.isdigit()) or len(version) > 9:
+        raise ProtocolError(f"model version {version!r} is not a version number", 404)
+    return int(version)
+
+
+async def resolve_model(state: AppState, name: str, version: str | None) -> ServedModel:
+    if name != MODEL_NAME:
+        raise ProtocolError(f"unknown model {name!r}; this server serves {MODEL_NAME!r}", 404)
+    if not state.holder.ready:
+        raise ProtocolError("the model is still loading", 503)
+    v = _version(version)
+    try:
+        return await state.manager.model_for(v)
+    except KeyError:
+        raise ProtocolError(f"model {name!r} has no version {version}", 404) from None
+
+
+async def run_infer(state: AppState, model: ServedModel, req: InferRequest) -> np.ndarray:
+    if len(req.inputs) != 1:
+        raise ProtocolError(
+            f"send one input: {model.detector.input_name!r} (FP32) or {IMAGE_INPUT!r} (BYTES)"
+        )
+    t = req.inputs[0]
+    size = model.cfg.input_size
+    if t.name == IMAGE_INPUT:
+        if t.datatype != "BYTES" or len(t.shape) != 1:
+            raise ProtocolError(f"{IMAGE_INPUT} is BYTES of shape [N]")
+        n = len(t.data)
+        if not 1 <= n <= state.settings.max_images_per_request:
+            raise ProtocolError(
+                f"{n} images; 1 to {state.settings.max_images_per_request} per request", 413
+            )
+        loop = asyncio.get_running_loop()
+
+        async def one(data: bytes) -> np.ndarray:
+            p = await loop.run_in_executor(
+                state.cpu_pool, prepare, data, model, state.settings.max_pixels
+            )
+            return (await state.batcher.submit(p.array, model)).grid
+
+        return np.stack(await asyncio.gather(*(one(d) for d in t.data)))
+    if t.name != model.detector.input_name:
+        raise ProtocolError(
+            f"unknown input {t.name!r}; the model takes {model.detector.input_name!r} or "
+            f"{IMAGE_INPUT!r}"
+        )
+    if t.datatype not in ("FP32", "FP16", "FP64"):
+        raise ProtocolError(f"{t.name} is FP32 (got {t.datatype})")
+    if len(t.shape) != 4 or t.shape[1:] != [3, size, size] or t.shape[0] < 1:
+        raise ProtocolError(f"{t.name} has shape [N, 3, {size}, {size}]; got {t.shape}")
+    x = np.ascontiguousarray(t.data, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ProtocolError(f"{t.name} holds NaN or infinite values")
+    return await state.batcher.call(lambda: model.detector.run_tensor(x))

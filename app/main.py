@@ -90,7 +90,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         state.batcher.start()
         loading = asyncio.create_task(load_model())
+        grpc_server = None
+        if settings.grpc_port is not None:
+            from app.grpc_v2 import server as grpc_v2
+
+            grpc_server = grpc_v2.start(state, asyncio.get_running_loop(), version=app.version)
+            log.info("KServe v2 gRPC on %s:%d", settings.host, settings.grpc_port)
         yield
+        if grpc_server is not None:
+            await asyncio.to_thread(lambda: grpc_server.stop(grace=2).wait())
         loading.cancel()
         await state.batcher.stop()
         state.cpu_pool.shutdown(wait=False, cancel_futures=True)

@@ -19,6 +19,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # KServe v2's gRPC API (Triton's and KServe's gRPC clients) on this port of the same
+    # host; unset: HTTP only. make run and docker-compose set 8001, Triton's port.
+    grpc_port: int | None = Field(None, ge=1, le=65535)
+    grpc_threads: int = Field(16, ge=1, le=256)  # calls in flight over gRPC at once
     # The ONNX model served when no model store holds an active version.
     model_path: Path = ROOT / "models" / "default" / "model.onnx"
     # "int8": serve a version's verified int8 variant (yolov1 quantize) where it has

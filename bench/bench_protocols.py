@@ -1,7 +1,7 @@
 """What each protocol costs over the plainest request: p50 latency of one 640x480 JPEG
 through multipart, the raw body, JSON base64, the Python client, KServe v2 with
-tritonclient (binary and JSON), and Label Studio's predict, as ratios to multipart
-measured in the same run against the same server."""
+tritonclient (binary and JSON over HTTP, and gRPC), and Label Studio's predict, as
+ratios to multipart measured in the same run against the same server."""
 
 from __future__ import annotations
 
@@ -31,11 +31,15 @@ def jpeg_640x480() -> bytes:
 def main() -> None:
     setup_logging()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+    import tritonclient.grpc as triton_grpc
     import tritonclient.http as triton
+
+    from support.procs import free_port
 
     data = jpeg_640x480()
     b64 = base64.b64encode(data).decode()
-    server = Server({"YOLOV1_MODEL_PATH": str(DEFAULT_MODEL)})
+    grpc_port = free_port()
+    server = Server({"YOLOV1_MODEL_PATH": str(DEFAULT_MODEL), "YOLOV1_GRPC_PORT": str(grpc_port)})
     try:
         server.wait_ready()
         http = httpx.Client(base_url=server.url, timeout=30)
@@ -44,6 +48,9 @@ def main() -> None:
         inp = triton.InferInput("image_bytes", [1], "BYTES")
         inp.set_data_from_numpy(np.array([data], dtype=object))
         out_bin = [triton.InferRequestedOutput("grid", binary_data=True)]
+        g = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        g_inp = triton_grpc.InferInput("image_bytes", [1], "BYTES")
+        g_inp.set_data_from_numpy(np.array([data], dtype=object))
         v2_json = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
                                "data": [b64]}]}  # fmt: skip
         ls = {"tasks": [{"id": 1, "data": {"image": "data:image/jpeg;base64," + b64}}]}
@@ -59,6 +66,7 @@ def main() -> None:
             "python client": lambda: client.detect(data),
             "kserve v2, tritonclient binary": lambda: t.infer("yolov1", [inp], outputs=out_bin),
             "kserve v2, JSON": lambda: http.post("/v2/models/yolov1/infer", json=v2_json),
+            "kserve v2 gRPC, tritonclient": lambda: g.infer("yolov1", [g_inp]),
             "label studio predict": lambda: http.post("/labelstudio/predict", json=ls),
         }
         for fn in cases.values():  # every path once before timing any

@@ -70,6 +70,8 @@ def main() -> None:
     env.setdefault("YOLOV1_MODEL_STORE", str(DEFAULT_STORE))
     # The int8 variant where it is faster on this CPU (README, "The int8 variant").
     env.setdefault("YOLOV1_PRECISION", "auto")
+    # KServe v2 over gRPC next to HTTP, as Triton pairs them (8000 and 8001).
+    env.setdefault("YOLOV1_GRPC_PORT", str(int(env.get("YOLOV1_PORT") or 8000) + 1))
     children: list[Child] = []
     if not env.get("YOLOV1_REDIS_URL"):
         port = int(env.get("YOLOV1_EMBEDDED_REDIS_PORT", 0)) or _free_port()

@@ -110,12 +110,14 @@ class MakeRun(Process):
             "YOLOV1_MODEL_STORE": str(base / "store"),
             "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
             "YOLOV1_EMBEDDED_REDIS_PORT": str(free_port()),
+            "YOLOV1_GRPC_PORT": str(free_port()),
             "YOLOV1_EMBEDDED_REDIS_DIR": str(base / "redis"),
             "YOLOV1_REDIS_URL": "",  # its own Redis, whatever the caller's environment says
             "YOLOV1_LOG_LEVEL": "warning",
             "OMP_NUM_THREADS": "1",
             **(env or {}),
         }
+        self.grpc = f"127.0.0.1:{env['YOLOV1_GRPC_PORT']}"
         super().__init__([sys.executable, "scripts/serve.py"], env, f"make-run-{self.port}")
 
     def up(self) -> bool:

@@ -20,7 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from model.shapes import make_sample, sample_seed
-from support.procs import DEFAULT_MODEL, Server
+from support.procs import DEFAULT_MODEL, Server, free_port
 from yolov1_client import APIError, Client
 
 LIMIT_MB = 1.0
@@ -150,8 +150,10 @@ def server(host, studio):
             "YOLOV1_IMAGE_URL_TIMEOUT_S": "1",
             "YOLOV1_LABELSTUDIO_URL": studio.url,
             "YOLOV1_LABELSTUDIO_API_KEY": "ls-token",
+            "YOLOV1_GRPC_PORT": str(grpc_port := free_port()),
         }
     )
+    s.grpc = f"127.0.0.1:{grpc_port}"
     try:
         s.wait_ready()
         yield s
@@ -312,6 +314,97 @@ def test_kserve_v2_with_tritonclient(server, client):
         t.infer("resnet", [a])
     with pytest.raises(InferenceServerException, match="no version 9"):
         t.infer("yolov1", [a], model_version="9")
+
+
+def test_kserve_v2_grpc_with_tritonclient(server, client):
+    # The same protocol over gRPC, with Triton's gRPC client (the test process never
+    # imports the server's own stubs: both declare package 'inference').
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    t = tg.InferenceServerClient(server.grpc)
+    assert t.is_server_live() and t.is_server_ready() and t.is_model_ready("yolov1")
+    assert t.is_model_ready("yolov1", "1") and not t.is_model_ready("yolov1", "9")
+    assert not t.is_model_ready("resnet")
+    assert t.get_server_metadata().name == "yolov1-service"
+    md = t.get_model_metadata("yolov1")
+    ins = {i.name: (i.datatype, list(i.shape)) for i in md.inputs}
+    net = next(n for n in ins if n != "image_bytes")
+    assert ins == {net: ("FP32", [-1, 3, 224, 224]), "image_bytes": ("BYTES", [-1])}
+    assert [(o.name, o.datatype, list(o.shape)) for o in md.outputs] == [
+        ("grid", "FP32", [-1, 7, 7, 15])
+    ]
+    assert list(md.versions) == ["1"]
+
+    # Encoded images and the network's tensor: the grids HTTP gives, the id echoed.
+    jpegs = [_sample(1).encoded, _sample(3).encoded]
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    h = th.InferenceServerClient(server.url.removeprefix("http://"))
+    for name, dtype, data in (("image_bytes", "BYTES", np.array(jpegs, dtype=object)),
+                              (net, "FP32", x)):  # fmt: skip
+        gi = tg.InferInput(name, list(data.shape), dtype)
+        gi.set_data_from_numpy(data)
+        res = t.infer("yolov1", [gi], request_id="r-7", outputs=[tg.InferRequestedOutput("grid")])
+        hi = th.InferInput(name, list(data.shape), dtype)
+        hi.set_data_from_numpy(data)
+        want = h.infer("yolov1", [hi]).as_numpy("grid")
+        assert res.as_numpy("grid").shape == (2, 7, 7, 15)
+        np.testing.assert_allclose(res.as_numpy("grid"), want, atol=1e-5)
+        assert res.get_response().id == "r-7" and res.get_response().model_version == "1"
+
+    # Errors are the protocol's status codes, with the same words as over HTTP.
+    bad = tg.InferInput("image_bytes", [1], "BYTES")
+    bad.set_data_from_numpy(np.array([b"not an image"], dtype=object))
+    cases = [
+        ("yolov1", [bad], "", "INVALID_ARGUMENT", "not a readable image"),
+        ("resnet", [gi], "", "NOT_FOUND", "unknown model"),
+        ("yolov1", [gi], "9", "NOT_FOUND", "no version 9"),
+    ]
+    small = tg.InferInput(net, [1, 3, 10, 10], "FP32")
+    small.set_data_from_numpy(np.zeros((1, 3, 10, 10), np.float32))
+    cases.append(("yolov1", [small], "", "INVALID_ARGUMENT", "shape"))
+    for model, inputs, version, code, words in cases:
+        with pytest.raises(InferenceServerException) as err:
+            t.infer(model, inputs, model_version=version)
+        assert err.value.status() == f"StatusCode.{code}" and words in err.value.message()
+
+
+def test_kserve_v2_grpc_typed_contents_as_the_spec_allows(server):
+    """Tensors in ``contents`` (typed fields) instead of ``raw_input_contents``, sent
+    with the stubs Triton's client ships, as a hand-written request would be."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(server.grpc))
+    meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="yolov1"))
+    net = next(i.name for i in meta.inputs if i.name != "image_bytes")
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    jpeg = _sample(2).encoded
+
+    def infer(inp, raw=()):
+        req = pb.ModelInferRequest(model_name="yolov1", inputs=[inp], raw_input_contents=raw)
+        out = stub.ModelInfer(req)
+        assert [o.name for o in out.outputs] == ["grid"] and list(out.outputs[0].shape)
+        return np.frombuffer(out.raw_output_contents[0], "<f4").reshape(out.outputs[0].shape)
+
+    T = pb.ModelInferRequest.InferInputTensor
+    typed = infer(T(name=net, datatype="FP32", shape=x.shape,
+                    contents=pb.InferTensorContents(fp32_contents=x.ravel())))  # fmt: skip
+    raw = infer(T(name=net, datatype="FP32", shape=x.shape), [x.tobytes()])
+    np.testing.assert_array_equal(typed, raw)
+    by_contents = infer(T(name="image_bytes", datatype="BYTES", shape=[1],
+                          contents=pb.InferTensorContents(bytes_contents=[jpeg])))  # fmt: skip
+    assert by_contents.shape == (1, 7, 7, 15)
+    with pytest.raises(grpc.RpcError) as err:  # two raw tensors for one input
+        infer(T(name=net, datatype="FP32", shape=x.shape), [x.tobytes(), b""])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "2 raw_input_contents for 1 inputs" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # fewer values than the shape holds
+        infer(T(name=net, datatype="FP32", shape=x.shape,
+                contents=pb.InferTensorContents(fp32_contents=[1.0, 2.0])))  # fmt: skip
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_kserve_v2_hand_written_requests_from_the_spec(client):

@@ -49,5 +49,9 @@ def test_make_run_restarts_what_dies(tmp_path):
             _wait(lambda n=name: _children(run.proc.pid).get(n) not in (None, first[n]))
             _wait(run.up)
         assert run.proc.poll() is None
+        # KServe v2 over gRPC comes back with the restarted API.
+        import tritonclient.grpc as tg
+
+        assert tg.InferenceServerClient(run.grpc).is_model_ready("yolov1")
     finally:
         run.stop()
