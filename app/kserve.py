@@ -152,7 +152,7 @@ def metadata(cfg: ModelConfig, input_name: str, versions: list[int]) -> dict[str
         "platform": "onnxruntime_onnx",
         "inputs": [
             {"name": input_name, "datatype": "FP32", "shape": [-1, 3, size, size]},
-            {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
+            {"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1, 1]},
         ],
         "outputs": [
             {"name": OUTPUT, "datatype": "FP32", "shape": [-1, cfg.S, cfg.S, cfg.channels]}
@@ -164,6 +164,37 @@ def metadata(cfg: ModelConfig, input_name: str, versions: list[int]) -> dict[str
             "mean": list(cfg.mean),
             "std": list(cfg.std),
         },
+    }
+
+
+def model_config(cfg: ModelConfig, input_name: str, max_batch: int) -> dict[str, Any]:
+    """Triton's model configuration extension (``/v2/models/{name}/config``, gRPC
+    ``ModelConfig``), in Triton's JSON: what its perf_analyzer reads to make requests.
+    Either input may be sent, so both are optional; ``image_bytes`` is ``[1]`` an image
+    in Triton's batched terms, reshaped to the ``[N]`` the model takes."""
+    size = cfg.input_size
+    return {
+        "name": MODEL_NAME,
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": max_batch,
+        "input": [
+            {
+                "name": input_name,
+                "data_type": "TYPE_FP32",
+                "dims": [3, size, size],
+                "optional": True,
+            },
+            {
+                "name": IMAGE_INPUT,
+                "data_type": "TYPE_STRING",
+                "dims": [1],
+                "reshape": {"shape": []},
+                "optional": True,
+            },
+        ],  # fmt: skip
+        "output": [
+            {"name": OUTPUT, "data_type": "TYPE_FP32", "dims": [cfg.S, cfg.S, cfg.channels]}
+        ],
     }
 
 
@@ -363,8 +394,9 @@ async def run_infer(state: AppState, model: ServedModel, req: InferRequest) -> n
     t = req.inputs[0]
     size = model.cfg.input_size
     if t.name == IMAGE_INPUT:
-        if t.datatype != "BYTES" or len(t.shape) != 1:
-            raise ProtocolError(f"{IMAGE_INPUT} is BYTES of shape [N]")
+        # [N], or [N, 1] as Triton's batched clients send an input of dims [1]
+        if t.datatype != "BYTES" or not (len(t.shape) == 1 or t.shape[1:] == [1]):
+            raise ProtocolError(f"{IMAGE_INPUT} is BYTES of shape [N] (or [N, 1])")
         n = len(t.data)
         if not 1 <= n <= state.settings.max_images_per_request:
             raise ProtocolError(

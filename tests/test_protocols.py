@@ -331,7 +331,7 @@ def test_kserve_v2_grpc_with_tritonclient(server, client):
     md = t.get_model_metadata("yolov1")
     ins = {i.name: (i.datatype, list(i.shape)) for i in md.inputs}
     net = next(n for n in ins if n != "image_bytes")
-    assert ins == {net: ("FP32", [-1, 3, 224, 224]), "image_bytes": ("BYTES", [-1])}
+    assert ins == {net: ("FP32", [-1, 3, 224, 224]), "image_bytes": ("BYTES", [-1, 1])}
     assert [(o.name, o.datatype, list(o.shape)) for o in md.outputs] == [
         ("grid", "FP32", [-1, 7, 7, 15])
     ]
@@ -405,6 +405,57 @@ def test_kserve_v2_grpc_typed_contents_as_the_spec_allows(server):
         infer(T(name=net, datatype="FP32", shape=x.shape,
                 contents=pb.InferTensorContents(fp32_contents=[1.0, 2.0])))  # fmt: skip
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_triton_perf_analyzer_drives_the_server(server, tmp_path, transport):
+    """Triton's own load generator (the perf_analyzer binary in tritonclient's wheel):
+    it reads the model's metadata and configuration (Triton's extension), then sends
+    batches of 2 JPEGs from 2 threads; any error answer fails it."""
+    import struct
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nvidia.cuda_runtime
+
+    exe = Path(sys.executable).with_name("perf_analyzer")
+    jpeg = _sample(4).encoded  # a BYTES tensor as perf_analyzer takes it: length-prefixed
+    data = {"data": [{"image_bytes": {"b64": _b64(struct.pack("<I", len(jpeg)) + jpeg)}}]}
+    (tmp_path / "input.json").write_text(json.dumps(data))
+    url = server.grpc if transport == "grpc" else server.url.removeprefix("http://")
+    cudart = Path(next(iter(nvidia.cuda_runtime.__path__))) / "lib"
+    run = subprocess.run(
+        [str(exe), "-m", "yolov1", "-u", url, "-i", transport, "-b", "2",
+         "--concurrency-range", "2", "--measurement-mode", "count_windows",
+         "--measurement-request-count", "20", "--stability-percentage", "999",
+         "--max-trials", "3", "--input-data", str(tmp_path / "input.json"),
+         "-f", str(tmp_path / "out.csv")],
+        env={"LD_LIBRARY_PATH": str(cudart), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    header, row = (tmp_path / "out.csv").read_text().splitlines()[:2]
+    assert header.startswith("Concurrency,Inferences/Second") and float(row.split(",")[1]) > 0
+
+
+def test_triton_model_configuration_extension(server):
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+
+    want = {"name": "yolov1", "platform": "onnxruntime_onnx", "max_batch_size": 16}
+    http_cfg = th.InferenceServerClient(server.url.removeprefix("http://")).get_model_config(
+        "yolov1"
+    )
+    grpc_cfg = tg.InferenceServerClient(server.grpc).get_model_config("yolov1", as_json=True)
+    for cfg in (http_cfg, grpc_cfg["config"]):
+        assert {k: cfg[k] for k in want} == want
+        ins = {i["name"]: i for i in cfg["input"]}
+        assert ins["image_bytes"]["data_type"] == "TYPE_STRING"
+        assert [int(d) for d in ins["image_bytes"]["dims"]] == [1]
+        assert all(i["optional"] for i in cfg["input"])
+        out = cfg["output"][0]
+        assert out["name"] == "grid" and [int(d) for d in out["dims"]] == [7, 7, 15]
 
 
 def test_kserve_v2_hand_written_requests_from_the_spec(client):

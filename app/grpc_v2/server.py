@@ -163,6 +163,38 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[tensors(**t) for t in m["outputs"]],
         )
 
+    def ModelConfig(self, request, context):  # noqa: N802
+        async def config() -> dict[str, Any]:
+            model = await kserve.resolve_model(self.state, request.name, request.version or None)
+            max_batch = self.state.settings.max_images_per_request
+            return kserve.model_config(model.cfg, model.detector.input_name, max_batch)
+
+        c = self._on_loop(config(), context)
+        inputs = [
+            pb.ModelInput(
+                name=i["name"],
+                data_type=pb.DataType.Value(i["data_type"]),
+                dims=i["dims"],
+                reshape=pb.ModelTensorReshape(**i["reshape"]) if "reshape" in i else None,
+                optional=i["optional"],
+            )
+            for i in c["input"]
+        ]
+        outputs = [
+            pb.ModelOutput(
+                name=o["name"], data_type=pb.DataType.Value(o["data_type"]), dims=o["dims"]
+            )
+            for o in c["output"]
+        ]
+        config_msg = pb.ModelConfig(
+            name=c["name"],
+            platform=c["platform"],
+            max_batch_size=c["max_batch_size"],
+            input=inputs,
+            output=outputs,
+        )
+        return pb.ModelConfigResponse(config=config_msg)
+
     def ModelInfer(self, request, context):  # noqa: N802
         async def infer() -> Any:
             model = await kserve.resolve_model(

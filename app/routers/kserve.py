@@ -67,6 +67,26 @@ async def model_metadata(state: StateDep, name: str, version: str | None = None)
     return kserve.metadata(model.cfg, model.detector.input_name, state.manager.versions())
 
 
+@router.get(
+    "/models/{name}/config",
+    summary="Model configuration (Triton's extension, what perf_analyzer reads)",
+    responses={404: ERROR},
+)
+@router.get(
+    "/models/{name}/versions/{version}/config",
+    summary="Model version configuration",
+    responses={404: ERROR},
+)
+async def model_config(state: StateDep, name: str, version: str | None = None) -> Any:
+    try:
+        model = await kserve.resolve_model(state, name, version)
+    except ProtocolError as exc:
+        return _error(str(exc), exc.status)
+    return kserve.model_config(
+        model.cfg, model.detector.input_name, state.settings.max_images_per_request
+    )
+
+
 @router.get("/models/{name}/ready", summary="Model readiness", responses={400: ERROR, 404: ERROR})
 @router.get(
     "/models/{name}/versions/{version}/ready",
