@@ -59,7 +59,9 @@ def test_api_image_has_no_torch_and_worker_has_it():
 
 def test_ports_are_published_by_default_and_not_on_host_networking():
     default = yaml.safe_load((ROOT / "docker-compose.override.yml").read_text())["services"]
-    assert default["api"]["ports"] == ["8000:8000"]
+    assert default["api"]["ports"] == ["8000:8000", "8001:8001"]  # HTTP, KServe gRPC
+    api_env = COMPOSE["services"]["api"]["environment"]
+    assert (api_env["YOLOV1_PORT"], api_env["YOLOV1_GRPC_PORT"]) == ("8000", "8001")
     local = yaml.safe_load((ROOT / "docker-compose.local.yml").read_text())["services"]
     for name, svc in local.items():
         assert svc["network_mode"] == "host", name
