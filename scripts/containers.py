@@ -36,6 +36,7 @@ BASE = "yolov1/base-python:3.11"
 IMAGES = {"redis": "yolov1/redis:local", "api": "yolov1/api:local", "worker": "yolov1/worker:local"}
 PROJECT = "yolov1local"
 API_PORT = int(os.environ.get("YOLOV1_LOCAL_API_PORT", "18000"))
+GRPC_PORT = int(os.environ.get("YOLOV1_LOCAL_GRPC_PORT", "18001"))
 REDIS_PORT = int(os.environ.get("YOLOV1_LOCAL_REDIS_PORT", "6390"))
 KEY = "containers-key"
 URL = f"http://127.0.0.1:{API_PORT}"
@@ -46,6 +47,7 @@ ENV = {
     "COMPOSE_DOCKER_CLI_BUILD": "0",
     "YOLOV1_API_KEYS": KEY,
     "YOLOV1_LOCAL_API_PORT": str(API_PORT),
+    "YOLOV1_LOCAL_GRPC_PORT": str(GRPC_PORT),
     "YOLOV1_LOCAL_REDIS_PORT": str(REDIS_PORT),
 }
 timings: list[tuple[str, float]] = []
@@ -237,6 +239,23 @@ def up() -> None:
         print(f"    {svc}: {', '.join(health(svc))}")
 
 
+@step("KServe v2 over gRPC (tritonclient): the model ready, a JPEG's grid")
+def grpc_check() -> None:
+    import numpy as np
+    import tritonclient.grpc as tg
+
+    t = tg.InferenceServerClient(f"127.0.0.1:{GRPC_PORT}")
+    wait("gRPC model ready", lambda: t.is_model_ready("yolov1"))
+    buf = io.BytesIO()
+    from model.shapes import make_sample, sample_seed
+
+    make_sample(sample_seed(11, 0)).image.convert("RGB").save(buf, "JPEG")
+    x = tg.InferInput("image_bytes", [1, 1], "BYTES")
+    x.set_data_from_numpy(np.array([[buf.getvalue()]], dtype=object))
+    grid = t.infer("yolov1", [x]).as_numpy("grid")
+    assert grid.shape == (1, 7, 7, 15), grid.shape
+
+
 def curl(*args: str) -> str:
     return sh("curl", "-sS", "--fail-with-body", *args, quiet=True).stdout
 
@@ -422,6 +441,7 @@ def main() -> int:
             build_worker(links)
         check_images()
         up()
+        grpc_check()
         job_id = readme_examples()
         scale_workers()
         redis_restart()
