@@ -9,15 +9,18 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from app.errors import InputError
+from app.sources import decode_base64, fetch_image, fetch_limits
 from model.infer import Detection
 
 MAX_CONFIG_CHARS = 200_000
@@ -123,6 +126,48 @@ def prediction(result: list[dict[str, Any]], model_version: str) -> dict[str, An
     }
 
 
+def yolo_lines(task: dict[str, Any], target: Target, names: list[str]) -> list[str] | None:
+    """A task's newest annotation that was not skipped, as YOLO label lines
+    (``class cx cy w h``, fractions of the image), or None when no annotation counts.
+    Regions of the config's RectangleLabels only; a rotated rectangle gives the upright
+    box around it; a label outside ``names`` is left out."""
+    done = [
+        a
+        for a in task.get("annotations") or []
+        if isinstance(a, dict) and not a.get("was_cancelled") and isinstance(a.get("result"), list)
+    ]
+    if not done:
+        return None
+    newest = max(done, key=lambda a: (str(a.get("updated_at") or ""), a.get("id") or 0))
+    index = {n: k for k, n in enumerate(names)}
+    lines = []
+    for r in newest["result"]:
+        v = r.get("value") if isinstance(r, dict) else None
+        if r.get("type") != "rectanglelabels" or r.get("from_name") != target.from_name:
+            continue
+        if not isinstance(v, dict) or not v.get("rectanglelabels"):
+            continue
+        k = index.get(v["rectanglelabels"][0])
+        try:
+            x, y, w, h = (float(v[key]) / 100 for key in ("x", "y", "width", "height"))
+            rot = math.radians(float(v.get("rotation") or 0))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if k is None or not all(map(math.isfinite, (x, y, w, h, rot))) or w <= 0 or h <= 0:
+            continue
+        # Label Studio rotates about the top-left corner (x, y), in the image's pixels.
+        pw, ph = (float(r.get(key) or 1) for key in ("original_width", "original_height"))
+        c, sn = math.cos(rot), math.sin(rot)
+        corners = [(dx * pw, dy * ph) for dx, dy in ((0, 0), (w, 0), (0, h), (w, h))]
+        xs = [x + (dx * c - dy * sn) / pw for dx, dy in corners]
+        ys = [y + (dx * sn + dy * c) / ph for dx, dy in corners]
+        x1, x2 = max(0.0, min(xs)), min(1.0, max(xs))
+        y1, y2 = max(0.0, min(ys)), min(1.0, max(ys))
+        if x2 > x1 and y2 > y1:
+            lines.append(f"{k} {(x1 + x2) / 2:.6f} {(y1 + y2) / 2:.6f} {x2 - x1:.6f} {y2 - y1:.6f}")
+    return lines
+
+
 def jwt_claims(token: str) -> dict[str, Any] | None:
     """A JWT's payload, unverified (Label Studio checks it; we only read ``token_type``
     and ``exp``), or None when ``token`` is not a JWT (a legacy API token)."""
@@ -168,6 +213,23 @@ class StudioAuth:
                 self._access, self._expires = await self._exchange()
         return {"Authorization": f"Bearer {self._access}"}
 
+    async def get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
+        """GET one of Label Studio's API routes (``/api/...``) as this backend's user."""
+        url = self.base_url + path
+        try:
+            async with httpx.AsyncClient(timeout=max(self.timeout_s, 60.0)) as client:
+                r = await client.get(url, params=params, headers=await self.headers())
+        except httpx.HTTPError as exc:
+            raise InputError(422, f"could not reach Label Studio at {url}: {exc}") from exc
+        if r.status_code != 200:
+            raise InputError(
+                422, f"Label Studio answered {r.status_code} to GET {path}: {r.text[:300]}"
+            )
+        try:
+            return r.json()
+        except ValueError as exc:
+            raise InputError(422, f"Label Studio's answer to GET {path} is not JSON") from exc
+
     async def _exchange(self) -> tuple[str, float]:
         url = f"{self.base_url}/api/token/refresh/"
         where = "YOLOV1_LABELSTUDIO_API_KEY (a personal access token)"
@@ -189,3 +251,30 @@ class StudioAuth:
             )
         exp = (jwt_claims(access) or {}).get("exp")
         return access, float(exp) if isinstance(exp, int | float) else time.time() + 60
+
+
+async def task_image(ref: str, settings: Any, studio: StudioAuth | None, where: str) -> bytes:
+    """A data URL; a path on Label Studio (an uploaded file: /data/upload/...), fetched
+    from YOLOV1_LABELSTUDIO_URL with its token; or a URL on an allowed host."""
+    s = settings
+    where = f"{where}.data"
+    if ref.startswith("data:"):
+        return decode_base64(ref, s.max_upload_bytes, where)
+    fetch = {**fetch_limits(s), "where": where}
+    if ref.startswith("/"):
+        if studio is None:
+            raise InputError(
+                422,
+                f"{where}: {ref!r} is a file on Label Studio; set YOLOV1_LABELSTUDIO_URL (and "
+                "YOLOV1_LABELSTUDIO_API_KEY) so this backend can read it",
+            )
+        base = studio.base_url
+        return await fetch_image(
+            base + ref,
+            allowed_hosts=[urlsplit(base).hostname or ""],
+            headers=await studio.headers(),
+            refused_hint=" (Label Studio refused YOLOV1_LABELSTUDIO_API_KEY: set a token of "
+            "a user of that project, from Account & Settings)",
+            **fetch,
+        )
+    return await fetch_image(ref, allowed_hosts=s.image_url_hosts, **fetch)

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     # a path on it (/data/upload/...), fetched with this API token.
     labelstudio_url: str | None = None
     labelstudio_api_key: str | None = None
+    # Label Studio's "Start Training" (its webhook) submits a fine-tuning job on the
+    # project's annotations. Off unless set: it writes a data set and starts a job.
+    labelstudio_train: bool = False
 
     @field_validator("providers", "api_keys", "image_url_hosts", mode="before")
     @classmethod

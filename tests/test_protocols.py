@@ -575,6 +575,12 @@ def test_label_studio_backend_as_label_studio_calls_it(client, studio):
     assert pred["score"] == pytest.approx(np.mean([r["score"] for r in pred["result"]]))
 
 
+def test_label_studio_training_is_off_unless_set(client):
+    body = {"action": "START_TRAINING", "project": {"id": 3, "label_config": LABEL_CONFIG}}
+    r = client.post("/labelstudio/webhook", json=body)
+    assert r.status_code == 403 and "YOLOV1_LABELSTUDIO_TRAIN" in r.text, r.text
+
+
 @pytest.mark.parametrize(
     "change, words",
     [

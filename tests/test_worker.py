@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import os
 import signal
 import subprocess
@@ -35,11 +38,65 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+STUDIO_PROJECT = 5
+STUDIO_NAMES = ["circle", "square", "triangle", "star", "cross"]
+STUDIO_CONFIG = (
+    "<View><Image name='img' value='$photo'/><RectangleLabels name='box' toName='img'>"
+    + "".join(f"<Label value='{n}'/>" for n in STUDIO_NAMES)
+    + "</RectangleLabels></View>"
+)
+
+
+def studio_project(n: int) -> tuple[dict[str, bytes], list[np.ndarray]]:
+    """Label Studio's side of a project: ``n`` uploaded scenes and the JSON export of
+    its tasks, each annotated with the scene's true boxes (the last skipped, and one
+    more task with no annotation at all); and the true labels of the kept tasks."""
+    from model.shapes import make_sample, sample_seed
+
+    files, tasks, truths = {}, [], []
+    for i in range(n + 1):
+        s = make_sample(sample_seed(404, i))
+        w, h = s.image.size
+        path = f"/data/upload/{STUDIO_PROJECT}/t{i}.png"
+        buf = io.BytesIO()
+        s.image.save(buf, "PNG")
+        files[path] = buf.getvalue()
+        result = [
+            {"from_name": "box", "to_name": "img", "type": "rectanglelabels",
+             "original_width": w, "original_height": h,
+             "value": {"x": 100 * (cx - bw / 2), "y": 100 * (cy - bh / 2), "width": 100 * bw,
+                       "height": 100 * bh, "rotation": 0,
+                       "rectanglelabels": [STUDIO_NAMES[int(k)]]}}
+            for k, cx, cy, bw, bh in s.labels.tolist()
+        ]  # fmt: skip
+        annotations = [{"id": i, "result": result, "was_cancelled": i == n - 1}]
+        tasks.append({"id": 100 + i, "data": {"photo": path},
+                      "annotations": annotations if i < n else []})  # fmt: skip
+        if i < n - 1:
+            truths.append(s.labels)
+    files[f"/api/projects/{STUDIO_PROJECT}/export"] = json.dumps(tasks).encode()
+    return files, truths
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def studio():
+    from tests.test_protocols import ImageHost
+
+    files, truths = studio_project(7)
+    host = ImageHost(files, token="ls-token")
+    host.truths = truths
+    yield host
+    host.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, studio):
     redis.Redis.from_url(REDIS_URL).flushdb()
     base = tmp_path_factory.mktemp("stack")
     env = {
+        "YOLOV1_LABELSTUDIO_URL": studio.url,
+        "YOLOV1_LABELSTUDIO_API_KEY": "ls-token",
+        "YOLOV1_LABELSTUDIO_TRAIN": "true",
         "YOLOV1_REDIS_URL": REDIS_URL,
         "YOLOV1_MODEL_STORE": str(base / "store"),
         "YOLOV1_DATA_ROOT": str(base / "data"),
@@ -588,3 +645,38 @@ def _one_jpeg() -> bytes:
     from model.shapes import make_sample
 
     return make_sample(3).encoded
+
+
+def test_label_studio_start_training_trains_on_the_projects_annotations(stack, studio):
+    # Label Studio's "Start Training" posts this to the model's /webhook.
+    c = stack["client"]
+    project = {"id": STUDIO_PROJECT, "title": "shapes", "label_config": STUDIO_CONFIG}
+    body = {"action": "START_TRAINING", "project": project}
+    r = c.post("/labelstudio/webhook", json=body)
+    assert r.status_code == 401 and "Basic Authentication" in r.text  # the API keys are set
+    basic = base64.b64encode(f"labelstudio:{KEY}".encode()).decode()
+    r = c.post("/labelstudio/webhook", json=body, headers={"Authorization": f"Basic {basic}"})
+    assert r.status_code == 201, r.text
+    out = r.json()
+    # 8 tasks: 6 annotated, 1 annotation skipped, 1 never annotated.
+    assert out["tasks"] == 6 and out["boxes"] == sum(len(t) for t in studio.truths)
+    root = stack["base"] / "data" / out["dataset"]
+    import yaml
+
+    assert yaml.safe_load((root / "data.yaml").read_text())["names"] == STUDIO_NAMES
+    for i, truth in enumerate(studio.truths):
+        text = (root / "labels" / "train" / f"task-{100 + i}.txt").read_text()
+        got = np.array([line.split() for line in text.splitlines()], float).reshape(-1, 5)
+        np.testing.assert_allclose(got, truth, atol=1e-5)
+        assert (root / "images" / "train" / f"task-{100 + i}.png").exists()
+    job = c.get(f"/v1/jobs/{out['id']}").json()
+    assert job["request"]["dataset"] == {"format": "yolo", "path": out["dataset"],
+                                         "dataset_id": None, "images": 64}  # fmt: skip
+    assert job["request"]["auto_activate"] is True
+    c.delete(f"/v1/jobs/{out['id']}", headers=AUTH)  # trained elsewhere; not needed here
+    # Other events are acknowledged; a project with too few annotated tasks is refused.
+    r = c.post("/labelstudio/webhook", json={"action": "ANNOTATION_CREATED"})
+    assert r.status_code == 200 and r.json()["status"] == "Unknown event"
+    few = {"action": "START_TRAINING", "project": {"id": 999, "label_config": STUDIO_CONFIG}}
+    r = c.post("/labelstudio/webhook", json=few, headers={"Authorization": f"Basic {basic}"})
+    assert r.status_code == 422 and "Label Studio answered 404" in r.text, r.text

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterable
 from typing import Annotated
@@ -11,10 +10,8 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.schemas import Job, JobList, JobRequest
 from app.state import AuthDep, JobsDep, ReadAuthDep, StateDep
-from jobs.datasets import DatasetError, resolve_dataset
-from jobs.queue import enqueue
+from app.training import submit_job
 from jobs.store import TERMINAL
-from model.config import ModelConfig
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -30,12 +27,6 @@ def _get(jobs, job_id: str) -> dict:
     return rec
 
 
-def base_config(store, version: int) -> ModelConfig:
-    """The network a version was exported with (its sidecar), without loading it."""
-    meta = json.loads((store.path(version) / "model.json").read_text())
-    return ModelConfig.from_dict(meta["model_config"])
-
-
 @router.post(
     "",
     status_code=202,
@@ -43,25 +34,7 @@ def base_config(store, version: int) -> ModelConfig:
     responses={401: {"description": "API key needed"}, 503: {"description": "no Redis"}},
 )
 def submit(req: JobRequest, state: StateDep, jobs: JobsDep, _auth: AuthDep) -> dict:
-    try:
-        resolve_dataset(req.dataset.model_dump(), jobs, state.settings.data_root)
-    except DatasetError as exc:
-        raise HTTPException(422, str(exc)) from exc
-    store = state.manager.store
-    if req.base_model is not None and (store is None or req.base_model not in store.versions()):
-        raise HTTPException(422, f"base_model version {req.base_model} does not exist")
-    if req.image_size is not None:
-        base = req.base_model or state.holder.current.version
-        cfg = base_config(store, base) if store is not None else state.holder.current.cfg
-        if problem := cfg.input_size_problem(req.image_size):
-            raise HTTPException(422, f"image_size: {problem}")
-    rec = jobs.create(req.model_dump())
-    try:
-        enqueue(state.settings.redis_url, rec["id"])
-    except Exception as exc:
-        jobs.update(rec["id"], status="failed", error=f"could not enqueue: {exc}")
-        raise HTTPException(503, f"could not enqueue the job: {exc}") from exc
-    return {"id": rec["id"], "status": "queued"}
+    return submit_job(state, jobs, req)
 
 
 @router.get("", response_model=JobList, summary="Jobs, newest first")

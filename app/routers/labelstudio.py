@@ -5,18 +5,21 @@ tasks get pre-annotations. ``app.labelstudio`` has the protocol's shapes."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
+import json
 import re
 from typing import Any
-from urllib.parse import urlsplit
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import labelstudio as ls
 from app.detection import detect_image
 from app.errors import InputError
-from app.sources import decode_base64, fetch_image, fetch_limits
 from app.state import AppState, ModelDep, StateDep
+from app.training import train_from_labelstudio
 from model.registry import RegistryError
 
 router = APIRouter(prefix="/labelstudio", tags=["label studio"])
@@ -85,9 +88,66 @@ def versions(state: StateDep, model: ModelDep) -> dict[str, list[str]]:
     return {"versions": out}
 
 
-@router.post("/webhook", summary="Label Studio's events (training runs through /v1/jobs)")
-def webhook(body: dict[str, Any]) -> dict[str, str]:
-    return {"status": "Unknown event", "detail": "train with POST /v1/jobs"}
+@router.post(
+    "/webhook",
+    summary="Label Studio's events: START_TRAINING submits a fine-tuning job",
+    responses={
+        201: {"description": "the job, queued"},
+        401: {"description": "API keys are set: Basic auth with a key as the password"},
+        403: {"description": "training from Label Studio is off (YOLOV1_LABELSTUDIO_TRAIN)"},
+    },
+)
+async def webhook(request: Request, state: StateDep) -> JSONResponse:
+    """Label Studio sends ``{"action": "START_TRAINING", "project": {...}}`` when a user
+    presses "Start Training" in the project's model settings. The project's annotated
+    tasks become a YOLO data set and a job (``/v1/jobs/{id}`` follows it) whose version
+    is activated only if it beats the served one. Other events are acknowledged."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise InputError(422, "the webhook's body must be a JSON object")
+    if body.get("action") != "START_TRAINING":
+        return JSONResponse({"status": "Unknown event", "detail": "only START_TRAINING trains"})
+    s = state.settings
+    if not s.labelstudio_train:
+        raise HTTPException(
+            403,
+            "training from Label Studio is off on this server: set YOLOV1_LABELSTUDIO_TRAIN="
+            "true, or train with POST /v1/jobs on an export",
+        )
+    _check_key(request, s.api_keys)
+    if state.jobs is None:
+        raise HTTPException(503, "jobs need Redis: set YOLOV1_REDIS_URL (make run does)")
+    project = body.get("project")
+    if not isinstance(project, dict):
+        raise InputError(422, "the webhook's body has no 'project' object")
+    job = await train_from_labelstudio(state, state.jobs, project)
+    return JSONResponse({"status": "ok", **job}, status_code=201)
+
+
+def _check_key(request: Request, keys: list[str]) -> None:
+    """With API keys set, Label Studio's model connection sends one as the password of
+    its Basic authentication (or a client sends ``Bearer <key>``)."""
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = ""
+    if scheme.lower() == "bearer":
+        given = token
+    elif scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(token, validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            given = ""
+    if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+        raise HTTPException(
+            401,
+            "an API key is needed: in Label Studio's model connection, turn on Basic "
+            "Authentication with any user and a key of YOLOV1_API_KEYS as the password",
+            headers={"WWW-Authenticate": 'Basic realm="yolov1"'},
+        )
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -119,7 +179,8 @@ async def predict(req: PredictRequest, state: StateDep, model: ModelDep) -> dict
     )
 
     async def one(i: int, task: dict[str, Any]) -> dict[str, Any]:
-        data = await task_image(state, ls.task_image_ref(task, target, i), f"tasks[{i}]")
+        ref = ls.task_image_ref(task, target, i)
+        data = await ls.task_image(ref, state.settings, state.studio, f"tasks[{i}]")
         d = await detect_image(
             data,
             served,
@@ -158,30 +219,3 @@ async def _served(state: AppState, requested: str | None):
         except KeyError:
             pass
     return state.holder.current
-
-
-async def task_image(state: AppState, ref: str, where: str) -> bytes:
-    """A data URL; a path on Label Studio (an uploaded file: /data/upload/...), fetched
-    from YOLOV1_LABELSTUDIO_URL with its token; or a URL on an allowed host."""
-    s = state.settings
-    where = f"{where}.data"
-    if ref.startswith("data:"):
-        return decode_base64(ref, s.max_upload_bytes, where)
-    fetch = {**fetch_limits(s), "where": where}
-    if ref.startswith("/"):
-        if state.studio is None:
-            raise InputError(
-                422,
-                f"{where}: {ref!r} is a file on Label Studio; set YOLOV1_LABELSTUDIO_URL (and "
-                "YOLOV1_LABELSTUDIO_API_KEY) so this backend can read it",
-            )
-        base = state.studio.base_url
-        return await fetch_image(
-            base + ref,
-            allowed_hosts=[urlsplit(base).hostname or ""],
-            headers=await state.studio.headers(),
-            refused_hint=" (Label Studio refused YOLOV1_LABELSTUDIO_API_KEY: set a token of "
-            "a user of that project, from Account & Settings)",
-            **fetch,
-        )
-    return await fetch_image(ref, allowed_hosts=s.image_url_hosts, **fetch)
