@@ -100,16 +100,11 @@ def class_filter(classes: list[str] | None, names: list[str]) -> list[int] | Non
     return out
 
 
-async def detect_image(
-    data: bytes,
-    model: ServedModel,
-    batcher: MicroBatcher,
-    pool: Executor,
-    *,
-    max_pixels: int,
-    options: dict[str, Any],
-) -> Detected:
-    """``options``: ``postprocess``'s thresholds, ``max_detections`` and ``classes``."""
+async def infer_image(
+    data: bytes, model: ServedModel, batcher: MicroBatcher, pool: Executor, *, max_pixels: int
+) -> tuple[Prepared, BatchResult]:
+    """Decode, prepare and run one image the cheapest way the moment allows: in one hop
+    when the service is idle, on a lane of its own under load (CPU), else batched."""
     with batcher.expecting():
         if batcher.idle:
             # Nothing to batch with: decode, prepare and run in one hop to the
@@ -128,6 +123,20 @@ async def detect_image(
             result = None
     if result is None:
         result = await batcher.submit(prepared.array, model)
+    return prepared, result
+
+
+async def detect_image(
+    data: bytes,
+    model: ServedModel,
+    batcher: MicroBatcher,
+    pool: Executor,
+    *,
+    max_pixels: int,
+    options: dict[str, Any],
+) -> Detected:
+    """``options``: ``postprocess``'s thresholds, ``max_detections`` and ``classes``."""
+    prepared, result = await infer_image(data, model, batcher, pool, max_pixels=max_pixels)
     t0 = time.perf_counter()
     w, h = prepared.width, prepared.height
     found = result.model.detector.postprocess(result.grid, w, h, **options)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from app.detection import prepare
+from app.detection import infer_image
 from model.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -402,14 +402,15 @@ async def run_infer(state: AppState, model: ServedModel, req: InferRequest) -> n
             raise ProtocolError(
                 f"{n} images; 1 to {state.settings.max_images_per_request} per request", 413
             )
-        loop = asyncio.get_running_loop()
 
         async def one(data: bytes) -> np.ndarray:
-            p = await loop.run_in_executor(
-                state.cpu_pool, prepare, data, model, state.settings.max_pixels
+            _, result = await infer_image(
+                data, model, state.batcher, state.cpu_pool, max_pixels=state.settings.max_pixels
             )
-            return (await state.batcher.submit(p.array, model)).grid
+            return result.grid
 
+        if n == 1:  # no task to spawn for the common case
+            return (await one(t.data[0]))[None]
         return np.stack(await asyncio.gather(*(one(d) for d in t.data)))
     if t.name != model.detector.input_name:
         raise ProtocolError(
