@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +100,15 @@ async def train_from_labelstudio(
             return await ls.task_image(ref, state.settings, studio, f"task {task.get('id', i)}")
 
     images = await asyncio.gather(*(image(i, t) for i, t in enumerate(t for t, _ in labelled)))
-    rel = Path("labelstudio") / f"project-{pid}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    rel = Path("labelstudio") / f"project-{pid}-{stamp}"
     root = state.settings.data_root / rel
-    await asyncio.to_thread(_write_yolo, root, target.labels, labelled, images)
+    try:
+        await asyncio.to_thread(_write_yolo, root, target.labels, labelled, images)
+    except OSError as exc:
+        raise HTTPException(
+            503, f"could not write the data set under YOLOV1_DATA_ROOT ({root}): {exc}"
+        ) from exc
     req = JobRequest(dataset=DatasetRef(format="yolo", path=str(rel)), auto_activate=True)
     job = submit_job(state, jobs, req)
     boxes = sum(len(lines) for _, lines in labelled)

@@ -663,6 +663,7 @@ def test_label_studio_start_training_trains_on_the_projects_annotations(stack, s
     root = stack["base"] / "data" / out["dataset"]
     import yaml
 
+    assert root.parent.name == "labelstudio" and root.name.startswith(f"project-{STUDIO_PROJECT}-")
     assert yaml.safe_load((root / "data.yaml").read_text())["names"] == STUDIO_NAMES
     for i, truth in enumerate(studio.truths):
         text = (root / "labels" / "train" / f"task-{100 + i}.txt").read_text()
