@@ -386,6 +386,14 @@ async def resolve_model(state: AppState, name: str, version: str | None) -> Serv
         raise ProtocolError(f"model {name!r} has no version {version}", 404) from None
 
 
+def metadata_of(state: AppState, model: ServedModel) -> dict[str, Any]:
+    return metadata(model.cfg, model.detector.input_name, state.manager.versions())
+
+
+def config_of(state: AppState, model: ServedModel) -> dict[str, Any]:
+    return model_config(model.cfg, model.detector.input_name, state.settings.max_images_per_request)
+
+
 async def run_infer(state: AppState, model: ServedModel, req: InferRequest) -> np.ndarray:
     if len(req.inputs) != 1:
         raise ProtocolError(

@@ -123,6 +123,11 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             context.abort(code, str(exc))
         raise AssertionError("unreachable")  # abort raised
 
+    async def _about(self, request: Any, describe) -> dict[str, Any]:
+        """``describe(state, model)`` of the version a metadata or config call names."""
+        model = await kserve.resolve_model(self.state, request.name, request.version or None)
+        return describe(self.state, model)
+
     def ServerLive(self, request, context):  # noqa: N802 (the protocol's names)
         return pb.ServerLiveResponse(live=True)
 
@@ -147,13 +152,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=self._on_loop(ready(), context))
 
     def ModelMetadata(self, request, context):  # noqa: N802
-        async def meta() -> dict[str, Any]:
-            model = await kserve.resolve_model(self.state, request.name, request.version or None)
-            return kserve.metadata(
-                model.cfg, model.detector.input_name, self.state.manager.versions()
-            )
-
-        m = self._on_loop(meta(), context)
+        m = self._on_loop(self._about(request, kserve.metadata_of), context)
         tensors = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=m["name"],
@@ -164,12 +163,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     def ModelConfig(self, request, context):  # noqa: N802
-        async def config() -> dict[str, Any]:
-            model = await kserve.resolve_model(self.state, request.name, request.version or None)
-            max_batch = self.state.settings.max_images_per_request
-            return kserve.model_config(model.cfg, model.detector.input_name, max_batch)
-
-        c = self._on_loop(config(), context)
+        c = self._on_loop(self._about(request, kserve.config_of), context)
         inputs = [
             pb.ModelInput(
                 name=i["name"],

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from app import kserve
 from app.errors import STATUS, input_status
 from app.kserve import MODEL_NAME, ProtocolError
-from app.state import StateDep
+from app.state import AppState, StateDep
 
 router = APIRouter(prefix="/v2", tags=["kserve v2"])
 STATUS_TYPES = tuple(t for t, _ in STATUS)
@@ -60,11 +60,7 @@ def ready(state: StateDep) -> JSONResponse:
     responses={404: ERROR},
 )
 async def model_metadata(state: StateDep, name: str, version: str | None = None) -> Any:
-    try:
-        model = await kserve.resolve_model(state, name, version)
-    except ProtocolError as exc:
-        return _error(str(exc), exc.status)
-    return kserve.metadata(model.cfg, model.detector.input_name, state.manager.versions())
+    return await _about(state, name, version, kserve.metadata_of)
 
 
 @router.get(
@@ -78,13 +74,16 @@ async def model_metadata(state: StateDep, name: str, version: str | None = None)
     responses={404: ERROR},
 )
 async def model_config(state: StateDep, name: str, version: str | None = None) -> Any:
+    return await _about(state, name, version, kserve.config_of)
+
+
+async def _about(state: AppState, name: str, version: str | None, describe) -> Any:
+    """``describe(state, model)`` of the named version, or the protocol's error."""
     try:
         model = await kserve.resolve_model(state, name, version)
     except ProtocolError as exc:
         return _error(str(exc), exc.status)
-    return kserve.model_config(
-        model.cfg, model.detector.input_name, state.settings.max_images_per_request
-    )
+    return describe(state, model)
 
 
 @router.get("/models/{name}/ready", summary="Model readiness", responses={400: ERROR, 404: ERROR})
