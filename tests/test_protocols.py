@@ -327,7 +327,8 @@ def test_kserve_v2_grpc_with_tritonclient(server, client):
     assert t.is_server_live() and t.is_server_ready() and t.is_model_ready("yolov1")
     assert t.is_model_ready("yolov1", "1") and not t.is_model_ready("yolov1", "9")
     assert not t.is_model_ready("resnet")
-    assert t.get_server_metadata().name == "yolov1-service"
+    meta = t.get_server_metadata()
+    assert meta.name == "yolov1-service" and list(meta.extensions) == ["model_configuration"]
     md = t.get_model_metadata("yolov1")
     ins = {i.name: (i.datatype, list(i.shape)) for i in md.inputs}
     net = next(n for n in ins if n != "image_bytes")

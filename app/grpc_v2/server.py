@@ -135,7 +135,9 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.state.holder.ready)
 
     def ServerMetadata(self, request, context):  # noqa: N802
-        return pb.ServerMetadataResponse(name="yolov1-service", version=self.version)
+        return pb.ServerMetadataResponse(
+            name="yolov1-service", version=self.version, extensions=["model_configuration"]
+        )
 
     def ModelReady(self, request, context):  # noqa: N802
         """Ready when the version can take an infer request now (a registered version

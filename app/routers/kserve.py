@@ -31,7 +31,7 @@ def server_metadata(request: Request) -> dict[str, Any]:
     return {
         "name": "yolov1-service",
         "version": request.app.version,
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "model_configuration"],
     }
 
 
