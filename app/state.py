@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,17 +56,29 @@ async def get_jobs(request: Request) -> JobStore:
     return jobs
 
 
+def presents_key(request: Request, keys: list[str], *, basic: bool = False) -> bool:
+    """Does the request carry one of ``keys`` as ``Authorization: Bearer <key>`` (or, with
+    ``basic``, as the password of Basic authentication, which is what Label Studio's
+    model connection can send)?"""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        given = token
+    elif basic and scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(token, validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return False
+    else:
+        return False
+    # Bytes: compare_digest refuses str with non-ASCII characters (a 500 otherwise).
+    raw = given.encode("utf-8", "surrogateescape")
+    return any(hmac.compare_digest(raw, k.encode("utf-8")) for k in keys)
+
+
 async def require_key(request: Request) -> None:
     """Mutating endpoints need ``Authorization: Bearer <key>`` when API keys are set."""
     keys = request.app.state.service.settings.api_keys
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # Bytes: compare_digest refuses str with non-ASCII characters (a 500 otherwise).
-    given = token.encode("utf-8", "surrogateescape")
-    if scheme.lower() != "bearer" or not any(
-        hmac.compare_digest(given, k.encode("utf-8")) for k in keys
-    ):
+    if keys and not presents_key(request, keys):
         raise HTTPException(
             401,
             "missing or invalid API key (Authorization: Bearer <key>)",

@@ -5,8 +5,6 @@ tasks get pre-annotations. ``app.labelstudio`` has the protocol's shapes."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import hmac
 import json
 import re
 from typing import Any
@@ -18,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app import labelstudio as ls
 from app.detection import detect_image
 from app.errors import InputError
-from app.state import AppState, ModelDep, StateDep
+from app.state import AppState, ModelDep, StateDep, presents_key
 from app.training import train_from_labelstudio
 from model.registry import RegistryError
 
@@ -130,18 +128,7 @@ async def webhook(request: Request, state: StateDep) -> JSONResponse:
 def _check_key(request: Request, keys: list[str]) -> None:
     """With API keys set, Label Studio's model connection sends one as the password of
     its Basic authentication (or a client sends ``Bearer <key>``)."""
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    given = ""
-    if scheme.lower() == "bearer":
-        given = token
-    elif scheme.lower() == "basic":
-        try:
-            given = base64.b64decode(token, validate=True).decode().partition(":")[2]
-        except (ValueError, UnicodeDecodeError):
-            given = ""
-    if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+    if keys and not presents_key(request, keys, basic=True):
         raise HTTPException(
             401,
             "an API key is needed: in Label Studio's model connection, turn on Basic "
