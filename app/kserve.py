@@ -191,7 +191,7 @@ def model_config(cfg: ModelConfig, input_name: str, max_batch: int) -> dict[str,
                 "reshape": {"shape": []},
                 "optional": True,
             },
-        ],  # fmt: skip
+        ],
         "output": [
             {"name": OUTPUT, "data_type": "TYPE_FP32", "dims": [cfg.S, cfg.S, cfg.channels]}
         ],

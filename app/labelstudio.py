@@ -142,8 +142,10 @@ def yolo_lines(task: dict[str, Any], target: Target, names: list[str]) -> list[s
     index = {n: k for k, n in enumerate(names)}
     lines = []
     for r in newest["result"]:
-        v = r.get("value") if isinstance(r, dict) else None
-        if r.get("type") != "rectanglelabels" or r.get("from_name") != target.from_name:
+        if not isinstance(r, dict) or r.get("type") != "rectanglelabels":
+            continue
+        v = r.get("value")
+        if r.get("from_name") != target.from_name:
             continue
         if not isinstance(v, dict) or not v.get("rectanglelabels"):
             continue

@@ -72,7 +72,8 @@ async def train_from_labelstudio(
         raise InputError(422, "the webhook's 'project' has no integer 'id'")
     config = project.get("label_config")
     if not isinstance(config, str) or not config:
-        config = (await studio.get_json(f"/api/projects/{pid}")).get("label_config")
+        about = await studio.get_json(f"/api/projects/{pid}")
+        config = about.get("label_config") if isinstance(about, dict) else None
     target = ls.parse_config(config)
     if not target.labels:
         raise InputError(422, "the project's <RectangleLabels> lists no <Label>")
@@ -110,7 +111,7 @@ async def train_from_labelstudio(
             503, f"could not write the data set under YOLOV1_DATA_ROOT ({root}): {exc}"
         ) from exc
     req = JobRequest(dataset=DatasetRef(format="yolo", path=str(rel)), auto_activate=True)
-    job = submit_job(state, jobs, req)
+    job = await asyncio.to_thread(submit_job, state, jobs, req)  # Redis and the disk
     boxes = sum(len(lines) for _, lines in labelled)
     return {**job, "dataset": str(rel), "tasks": len(labelled), "boxes": boxes}
 
