@@ -118,7 +118,7 @@ def speed(base: Path, overrides: dict) -> None:
             cfg,
             arrays.train_images,
             arrays.train_labels,
-            amp=use_amp(tc),  # as the job decides: no bf16 where the CPU lacks it
+            amp=use_amp(tc, cfg),  # as the job decides: bf16 only where it is faster
             channels_last=tc.channels_last,
             steps=10,
             batch_size=tc.batch_size,

@@ -13,12 +13,12 @@ from model.config import ModelConfig, TrainConfig
 from model.data import shapes_dataset, to_arrays
 from model.loss import yolo_loss
 from model.train import (
-    bf16_supported,
     build_network,
     build_optimizer,
     make_batch,
     to_device,
     train_mode,
+    use_amp,
 )
 
 
@@ -83,7 +83,8 @@ def same_map_check() -> None:
     Xtr, Ltr = to_arrays(shapes_dataset(800, 101), cfg.input_size)
     Xva, Lva = to_arrays(shapes_dataset(300, 102), cfg.input_size)
     out = {}
-    for name, amp, cl in (("fp32 eager", False, False), ("trainer", bf16_supported(), True)):
+    trainer_amp = use_amp(TrainConfig(batch_size=32), cfg)
+    for name, amp, cl in (("fp32 eager", False, False), ("trainer", trainer_amp, True)):
         tc = TrainConfig(
             epochs=2,
             batch_size=32,
@@ -118,7 +119,6 @@ def same_map_check() -> None:
 def main() -> None:
     setup_logging()
     ds = shapes_dataset(64, 77)
-    amp = bf16_supported()
     for name, cfg in [
         (
             "tiny-yolov1 224 (default model)",
@@ -128,6 +128,7 @@ def main() -> None:
     ]:
         X, L = to_arrays(ds, cfg.input_size)
         base = images_per_s(cfg, X, L, amp=False, channels_last=False, steps=6)
+        amp = use_amp(TrainConfig(batch_size=32), cfg)  # as a job decides
         fast = images_per_s(cfg, X, L, amp=amp, channels_last=True, steps=6)
         log.info(
             "train %-32s fp32 eager %6.1f img/s | trainer (bf16=%s, channels_last) "

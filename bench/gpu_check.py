@@ -85,7 +85,7 @@ def check_train() -> bool:
 
     from model.config import ModelConfig, TrainConfig
     from model.data import shapes_dataset, to_arrays
-    from model.train import Data, bf16_supported, train
+    from model.train import Data, bf16_supported, train, use_amp
 
     cuda = torch.device("cuda")
     cfg = ModelConfig(arch="tiny-yolov1", input_size=224, C=5, head_activation="sigmoid")
@@ -94,7 +94,7 @@ def check_train() -> bool:
     on_gpu = dict(steps=20, warmup=3, device=cuda)
     fp32 = images_per_s(cfg, X, L, amp=False, channels_last=False, **on_gpu)
     fast = images_per_s(cfg, X, L, amp=bf16, channels_last=True, **on_gpu)
-    cpu = images_per_s(cfg, X, L, amp=bf16_supported(), channels_last=True, steps=4)
+    cpu = images_per_s(cfg, X, L, amp=use_amp(TrainConfig(), cfg), channels_last=True, steps=4)
     log.info(
         "train tiny-yolov1 224 on %s: fp32 eager %.0f img/s | trainer (bf16=%s, "
         "channels_last) %.0f img/s | ratio %.2fx | %.1fx the CPU trainer (%.0f img/s)",

@@ -290,3 +290,22 @@ def test_batches_are_the_same_whatever_the_number_of_workers(small_data, channel
     finally:
         one.close()
         three.close()
+
+
+def test_the_bf16_choice_is_timed_once_and_leaves_the_random_state_alone():
+    """Whether bf16 trains faster is a measurement (software bf16 on AVX-512 without
+    AVX512-BF16 is 2x slower than float32), made once per process and network; it must
+    not change what the job's seed draws afterwards, or runs on machines that time it
+    and machines that do not would train different weights."""
+    from model import train as tr
+
+    cfg, tc = _cfg(), TrainConfig(batch_size=4, channels_last=True)
+    before = torch.get_rng_state().clone()
+    tr._bf16_faster.clear()
+    faster = tr.bf16_pays(cfg, tc)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert list(tr._bf16_faster.values()) == [faster]
+    tr._bf16_faster[next(iter(tr._bf16_faster))] = not faster  # a second call reads it
+    assert tr.bf16_pays(cfg, tc) is (not faster)
+    tr._bf16_faster.clear()
+    assert not tr.use_amp(TrainConfig(amp=False), cfg)
