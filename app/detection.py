@@ -140,11 +140,14 @@ async def detect_image(
     t0 = time.perf_counter()
     w, h = prepared.width, prepared.height
     found = result.model.detector.postprocess(result.grid, w, h, **options)
-    timing = Timing(
+    return Detected(w, h, result, found, timing_of(prepared, result, time.perf_counter() - t0))
+
+
+def timing_of(prepared: Prepared, result: BatchResult, postprocess_s: float = 0.0) -> Timing:
+    return Timing(
         decode=prepared.decode_ms,
         preprocess=prepared.preprocess_ms,
         queue=result.queue_ms,
         inference=result.inference_ms,
-        postprocess=(time.perf_counter() - t0) * 1000,
+        postprocess=postprocess_s * 1000,
     )
-    return Detected(w, h, result, found, timing)

@@ -18,13 +18,15 @@ import base64
 import binascii
 import json
 import struct
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from app.detection import infer_image
+from app.detection import infer_image, timing_of
+from app.schemas import Timing
 from model.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -390,6 +392,22 @@ def metadata_of(state: AppState, model: ServedModel) -> dict[str, Any]:
     return metadata(model.cfg, model.detector.input_name, state.manager.versions())
 
 
+def stats_of(state: AppState, name: str | None, version: str | None) -> dict[str, Any]:
+    """Triton's statistics extension: every registered version of the model (or the
+    one named), counted in this process (``app.statistics``). Loads nothing."""
+    if name is not None and name != MODEL_NAME:
+        raise ProtocolError(f"unknown model {name!r}; this server serves {MODEL_NAME!r}", 404)
+    if not state.holder.ready:
+        raise ProtocolError("the model is still loading", 503)
+    versions = state.manager.versions()
+    v = _version(version)
+    if v is not None:
+        if v not in versions:
+            raise ProtocolError(f"model {MODEL_NAME!r} has no version {version}", 404)
+        versions = [v]
+    return {"model_stats": state.stats.report(MODEL_NAME, versions)}
+
+
 def config_of(state: AppState, model: ServedModel) -> dict[str, Any]:
     return model_config(model.cfg, model.detector.input_name, state.settings.max_images_per_request)
 
@@ -411,20 +429,48 @@ async def run_infer(state: AppState, model: ServedModel, req: InferRequest) -> n
                 f"{n} images; 1 to {state.settings.max_images_per_request} per request", 413
             )
 
-        async def one(data: bytes) -> np.ndarray:
-            _, result = await infer_image(
+        async def one(data: bytes) -> tuple[np.ndarray, Timing]:
+            prepared, result = await infer_image(
                 data, model, state.batcher, state.cpu_pool, max_pixels=state.settings.max_pixels
             )
-            return result.grid
+            return result.grid, timing_of(prepared, result)
 
-        if n == 1:  # no task to spawn for the common case
-            return (await one(t.data[0]))[None]
-        return np.stack(await asyncio.gather(*(one(d) for d in t.data)))
+        async def every_image() -> list[tuple[np.ndarray, Timing]]:
+            if n == 1:  # no task to spawn for the common case
+                return [await one(t.data[0])]
+            return list(await asyncio.gather(*(one(d) for d in t.data)))
+
+        done = await state.stats.count(model.version, every_image(), lambda d: [t for _, t in d])
+        return np.stack([grid for grid, _ in done])
     if t.name != model.detector.input_name:
         raise ProtocolError(
             f"unknown input {t.name!r}; the model takes {model.detector.input_name!r} or "
             f"{IMAGE_INPUT!r}"
         )
+
+    async def run() -> tuple[np.ndarray, Timing]:
+        t0 = time.perf_counter()
+        x = _network_input(t, size)
+        t1 = time.perf_counter()
+        ran: list[float] = []
+
+        def call() -> np.ndarray:
+            ran.append(time.perf_counter())
+            grid = model.detector.run_tensor(x)
+            ran.append(time.perf_counter())
+            return grid
+
+        grid = await state.batcher.call(call)
+        state.stats.executed(model.version, ran[1] - ran[0], len(x))
+        ms = [(b - a) * 1000 for a, b in ((t0, t1), (t1, ran[0]), (ran[0], ran[1]))]
+        return grid, Timing(decode=ms[0], preprocess=0, queue=ms[1], inference=ms[2], postprocess=0)
+
+    grid, _ = await state.stats.count(model.version, run(), lambda d: [d[1]])
+    return grid
+
+
+def _network_input(t: Tensor, size: int) -> np.ndarray:
+    """The network's own input, checked: ``(N, 3, size, size)`` float32, finite."""
     if t.datatype not in ("FP32", "FP16", "FP64"):
         raise ProtocolError(f"{t.name} is FP32 (got {t.datatype})")
     if len(t.shape) != 4 or t.shape[1:] != [3, size, size] or t.shape[0] < 1:
@@ -432,4 +478,4 @@ async def run_infer(state: AppState, model: ServedModel, req: InferRequest) -> n
     x = np.ascontiguousarray(t.data, dtype=np.float32)
     if not np.isfinite(x).all():
         raise ProtocolError(f"{t.name} holds NaN or infinite values")
-    return await state.batcher.call(lambda: model.detector.run_tensor(x))
+    return x

@@ -15,6 +15,7 @@ from app.labelstudio import StudioAuth
 from app.observability import Metrics
 from app.serving import ModelHolder, ModelManager, ServedModel
 from app.settings import Settings
+from app.statistics import InferenceStatistics
 from jobs.store import JobStore
 
 
@@ -30,6 +31,7 @@ class AppState:
     manager: ModelManager | None = None
     jobs: JobStore | None = None  # Redis-backed job and data set records
     studio: StudioAuth | None = None  # signs in to Label Studio (YOLOV1_LABELSTUDIO_URL)
+    stats: InferenceStatistics = field(default_factory=InferenceStatistics)  # /v2 .../stats
 
 
 # Dependencies are async on purpose: FastAPI runs a plain ``def`` dependency in its

@@ -9,6 +9,7 @@ import base64
 import http.server
 import io
 import json
+import re
 import socketserver
 import threading
 import time
@@ -328,7 +329,10 @@ def test_kserve_v2_grpc_with_tritonclient(server, client):
     assert t.is_model_ready("yolov1", "1") and not t.is_model_ready("yolov1", "9")
     assert not t.is_model_ready("resnet")
     meta = t.get_server_metadata()
-    assert meta.name == "yolov1-service" and list(meta.extensions) == ["model_configuration"]
+    assert meta.name == "yolov1-service" and list(meta.extensions) == [
+        "model_configuration",
+        "statistics",
+    ]
     md = t.get_model_metadata("yolov1")
     ins = {i.name: (i.datatype, list(i.shape)) for i in md.inputs}
     net = next(n for n in ins if n != "image_bytes")
@@ -412,7 +416,8 @@ def test_kserve_v2_grpc_typed_contents_as_the_spec_allows(server):
 def test_triton_perf_analyzer_drives_the_server(server, tmp_path, transport):
     """Triton's own load generator (the perf_analyzer binary in tritonclient's wheel):
     it reads the model's metadata and configuration (Triton's extension), then sends
-    batches of 2 JPEGs from 2 threads; any error answer fails it."""
+    batches of 2 JPEGs from 2 threads (any error answer fails it), and reads the
+    server's statistics (Triton's extension) to split the latency on the server."""
     import struct
     import subprocess
     import sys
@@ -436,6 +441,13 @@ def test_triton_perf_analyzer_drives_the_server(server, tmp_path, transport):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    # The server's side, from Triton's statistics extension: a request is 2 inferences
+    # (give or take the requests in flight, 2 of them, as the window opens and closes).
+    server_side = run.stdout.rsplit("Server:", 1)[1]
+    inferences = int(re.search(r"Inference count: (\d+)", server_side)[1])
+    requests = int(re.search(r"Successful request count: (\d+)", server_side)[1])
+    assert requests > 0 and abs(inferences - 2 * requests) <= 4, server_side
+    assert "compute infer" in server_side
     header, row = (tmp_path / "out.csv").read_text().splitlines()[:2]
     assert header.startswith("Concurrency,Inferences/Second") and float(row.split(",")[1]) > 0
 
@@ -457,6 +469,68 @@ def test_triton_model_configuration_extension(server):
         assert all(i["optional"] for i in cfg["input"])
         out = cfg["output"][0]
         assert out["name"] == "grid" and [int(d) for d in out["dims"]] == [7, 7, 15]
+
+
+def test_triton_statistics_extension_counts_what_ran(server, client):
+    """Triton's statistics, read with tritonclient over HTTP and gRPC: an image through
+    /v1/detect, one through /v2 over HTTP, one over gRPC and a tensor of two are four
+    requests and five inferences; an undecodable image is a failure."""
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    h = th.InferenceServerClient(server.url.removeprefix("http://"))
+    g = tg.InferenceServerClient(server.grpc)
+    assert "statistics" in h.get_server_metadata()["extensions"]
+    assert "statistics" in g.get_server_metadata(as_json=True)["extensions"]
+
+    def totals() -> dict[str, int]:
+        (m,) = h.get_inference_statistics("yolov1", "1")["model_stats"]
+        out = {k: m[k] for k in ("inference_count", "execution_count", "last_inference")}
+        for k, d in m["inference_stats"].items():
+            out[k], out[k + "_ns"] = d["count"], d["ns"]
+        return out
+
+    before, t0 = totals(), time.time() * 1000
+    jpeg = _sample(2).encoded
+    assert client.post(
+        "/v1/detect", content=jpeg, headers={"content-type": "image/jpeg"}
+    ).is_success
+    img = th.InferInput("image_bytes", [1], "BYTES")
+    img.set_data_from_numpy(np.array([jpeg], dtype=object))
+    h.infer("yolov1", [img])
+    gimg = tg.InferInput("image_bytes", [1], "BYTES")
+    gimg.set_data_from_numpy(np.array([jpeg], dtype=object))
+    g.infer("yolov1", [gimg])
+    net = next(
+        i["name"] for i in h.get_model_metadata("yolov1")["inputs"] if i["name"] != "image_bytes"
+    )
+    x = th.InferInput(net, [2, 3, 224, 224], "FP32")
+    x.set_data_from_numpy(np.zeros((2, 3, 224, 224), np.float32))
+    h.infer("yolov1", [x])
+    img.set_data_from_numpy(np.array([b"not an image"], dtype=object))
+    with pytest.raises(InferenceServerException):
+        h.infer("yolov1", [img])
+    after = totals()
+    d = {k: after[k] - before[k] for k in after}
+    assert d["inference_count"] == 5 and d["execution_count"] == 4, d
+    assert d["success"] == 4 and d["fail"] == 1, d
+    # Equal counts, as perf_analyzer requires; detections were made for /v1/detect only.
+    assert d["queue"] == d["compute_input"] == d["compute_infer"] == d["compute_output"] == 4, d
+    assert d["compute_output_ns"] > 0, d
+    assert d["success_ns"] >= d["compute_input_ns"] + d["compute_infer_ns"] > 0, d
+    assert after["last_inference"] >= t0 - 1000
+
+    # gRPC reports the same numbers; unknown models and versions are the protocol's errors.
+    grpc_stats = g.get_inference_statistics("yolov1", "1", as_json=True)["model_stats"][0]
+    assert int(grpc_stats["inference_count"]) == after["inference_count"]
+    assert int(grpc_stats["inference_stats"]["fail"]["count"]) == after["fail"]
+    assert client.get("/v2/models/stats").json()["model_stats"][0]["name"] == "yolov1"
+    for bad in ("/v2/models/resnet/stats", "/v2/models/yolov1/versions/9/stats"):
+        r = client.get(bad)
+        assert r.status_code == 404 and "error" in r.json()
+    with pytest.raises(InferenceServerException, match="no version 9"):
+        g.get_inference_statistics("yolov1", "9")
 
 
 def test_kserve_v2_hand_written_requests_from_the_spec(client):

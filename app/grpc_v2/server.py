@@ -35,6 +35,7 @@ CODES = {
     422: grpc.StatusCode.INVALID_ARGUMENT,
     503: grpc.StatusCode.UNAVAILABLE,
 }
+DURATION_KEYS = ("compute_input", "compute_infer", "compute_output")
 # Where each datatype's elements sit in InferTensorContents (FP16 travels raw only).
 CONTENTS = {
     "BOOL": "bool_contents",
@@ -136,7 +137,9 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ServerMetadata(self, request, context):  # noqa: N802
         return pb.ServerMetadataResponse(
-            name="yolov1-service", version=self.version, extensions=["model_configuration"]
+            name="yolov1-service",
+            version=self.version,
+            extensions=["model_configuration", "statistics"],
         )
 
     def ModelReady(self, request, context):  # noqa: N802
@@ -190,6 +193,34 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             output=outputs,
         )
         return pb.ModelConfigResponse(config=config_msg)
+
+    def ModelStatistics(self, request, context):  # noqa: N802
+        async def stats() -> dict[str, Any]:
+            return kserve.stats_of(self.state, request.name or None, request.version or None)
+
+        report = self._on_loop(stats(), context)
+        return pb.ModelStatisticsResponse(
+            model_stats=[
+                pb.ModelStatistics(
+                    name=m["name"],
+                    version=m["version"],
+                    last_inference=m["last_inference"],
+                    inference_count=m["inference_count"],
+                    execution_count=m["execution_count"],
+                    inference_stats=pb.InferStatistics(
+                        **{k: pb.StatisticDuration(**d) for k, d in m["inference_stats"].items()}
+                    ),
+                    batch_stats=[
+                        pb.InferBatchStatistics(
+                            batch_size=b["batch_size"],
+                            **{k: pb.StatisticDuration(**b[k]) for k in DURATION_KEYS},
+                        )
+                        for b in m["batch_stats"]
+                    ],
+                )
+                for m in report["model_stats"]
+            ]
+        )
 
     def ModelInfer(self, request, context):  # noqa: N802
         async def infer() -> Any:

@@ -243,20 +243,24 @@ async def detect(
         classes=class_filter(classes, model.cfg.class_names),
     )
 
+    served = state.holder.current
+
     def one(data: bytes):
         return detect_image(
             data,
-            state.holder.current,
+            served,
             state.batcher,
             state.cpu_pool,
             max_pixels=state.settings.max_pixels,
             options=opts,
         )
 
-    if len(images) == 1:  # no task to spawn for the common case
-        done = [await one(images[0])]
-    else:
-        done = await asyncio.gather(*(one(d) for d in images))
+    async def every_image() -> list[Detected]:
+        if len(images) == 1:  # no task to spawn for the common case
+            return [await one(images[0])]
+        return list(await asyncio.gather(*(one(d) for d in images)))
+
+    done = await state.stats.count(served.version, every_image(), lambda ds: [d.timing for d in ds])
     if format == "coco":
         return Response(COCO.dump_json(coco_results(done, uploads)), media_type="application/json")
     if format == "image":  # drawn on the full image: decode it whole this once

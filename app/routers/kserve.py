@@ -31,7 +31,7 @@ def server_metadata(request: Request) -> dict[str, Any]:
     return {
         "name": "yolov1-service",
         "version": request.app.version,
-        "extensions": ["binary_tensor_data", "model_configuration"],
+        "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
     }
 
 
@@ -45,6 +45,30 @@ def ready(state: StateDep) -> JSONResponse:
     return JSONResponse(
         {"ready": state.holder.ready}, status_code=200 if state.holder.ready else 400
     )
+
+
+@router.get(
+    "/models/stats",
+    summary="Inference statistics of every model (Triton's statistics extension)",
+)
+@router.get(
+    "/models/{name}/stats",
+    summary="Inference statistics of each version of a model",
+    responses={404: ERROR},
+)
+@router.get(
+    "/models/{name}/versions/{version}/stats",
+    summary="Inference statistics of a model version",
+    responses={404: ERROR},
+)
+def model_stats(state: StateDep, name: str | None = None, version: str | None = None) -> Any:
+    """Counts and cumulative nanoseconds per version since this process started: every
+    image run (detect, /v2, gRPC, Label Studio) is one inference request; what
+    perf_analyzer prints as the server side of its requests."""
+    try:
+        return kserve.stats_of(state, name, version)
+    except ProtocolError as exc:
+        return _error(str(exc), exc.status)
 
 
 @router.get(

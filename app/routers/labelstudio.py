@@ -168,7 +168,7 @@ async def predict(req: PredictRequest, state: StateDep, model: ModelDep) -> dict
     async def one(i: int, task: dict[str, Any]) -> dict[str, Any]:
         ref = ls.task_image_ref(task, target, i)
         data = await ls.task_image(ref, state.settings, state.studio, f"tasks[{i}]")
-        d = await detect_image(
+        detecting = detect_image(
             data,
             served,
             state.batcher,
@@ -176,6 +176,7 @@ async def predict(req: PredictRequest, state: StateDep, model: ModelDep) -> dict
             max_pixels=state.settings.max_pixels,
             options=opts,
         )
+        d = await state.stats.count(served.version, detecting, lambda d: [d.timing])
         return ls.prediction(ls.regions(d.detections, d.width, d.height, target, labels), version)
 
     results = await asyncio.gather(*(one(i, t) for i, t in enumerate(req.tasks)))
