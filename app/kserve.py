@@ -13,7 +13,6 @@ and gives one output, ``grid``: FP32 ``[N, S, S, 5B + C]``, the raw YOLOv1 grid
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from app.aio import gather_or_cancel
 from app.detection import infer_image, timing_of
 from app.schemas import Timing
 from model.config import ModelConfig
@@ -438,7 +438,7 @@ async def run_infer(state: AppState, model: ServedModel, req: InferRequest) -> n
         async def every_image() -> list[tuple[np.ndarray, Timing]]:
             if n == 1:  # no task to spawn for the common case
                 return [await one(t.data[0])]
-            return list(await asyncio.gather(*(one(d) for d in t.data)))
+            return await gather_or_cancel(*(one(d) for d in t.data))
 
         done = await state.stats.count(model.version, every_image(), lambda d: [t for _, t in d])
         return np.stack([grid for grid, _ in done])

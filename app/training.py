@@ -16,6 +16,7 @@ from fastapi import HTTPException
 from PIL import Image
 
 from app import labelstudio as ls
+from app.aio import gather_or_cancel
 from app.errors import InputError
 from app.schemas import DatasetRef, JobRequest
 from app.state import AppState
@@ -100,7 +101,7 @@ async def train_from_labelstudio(
             ref = ls.task_image_ref(task, target, i)
             return await ls.task_image(ref, state.settings, studio, f"task {task.get('id', i)}")
 
-    images = await asyncio.gather(*(image(i, t) for i, t in enumerate(t for t, _ in labelled)))
+    images = await gather_or_cancel(*(image(i, t) for i, t in enumerate(t for t, _ in labelled)))
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     rel = Path("labelstudio") / f"project-{pid}-{stamp}"
     root = state.settings.data_root / rel

@@ -154,3 +154,30 @@ def test_manager_follows_the_store_and_survives_an_unreadable_active_file(tmp_pa
             follow.cancel()
 
     asyncio.run(go())
+
+
+def test_a_failed_image_cancels_the_rest_of_its_request():
+    """A request of several images answers with the first one's error; fetches and
+    decodes of the others must not go on for nobody (``gather_or_cancel``)."""
+    from app.aio import gather_or_cancel
+
+    async def go() -> tuple[bool, bool]:
+        finished = asyncio.Event()
+
+        async def slow() -> int:
+            await asyncio.sleep(5)
+            finished.set()
+            return 1
+
+        async def bad() -> int:
+            await asyncio.sleep(0.01)
+            raise ValueError("not an image")
+
+        other = asyncio.ensure_future(slow())
+        with pytest.raises(ValueError, match="not an image"):
+            await gather_or_cancel(other, bad())
+        await asyncio.sleep(0)
+        ok = await gather_or_cancel(asyncio.sleep(0, result=2), asyncio.sleep(0, result=3))
+        return other.cancelled() and not finished.is_set(), ok == [2, 3]
+
+    assert asyncio.run(go()) == (True, True)

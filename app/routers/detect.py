@@ -11,6 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from app.aio import gather_or_cancel
 from app.detection import Detected, check_request_pixels, class_filter, detect_image
 from app.errors import validation_error
 from app.limits import read_capped
@@ -152,7 +153,7 @@ async def resolve_images(images: list[ImageInput], s: Settings) -> list[Upload]:
             )
         return Upload(data, img.id if img.id is not None else i)
 
-    return list(await asyncio.gather(*(one(i, img) for i, img in enumerate(images))))
+    return await gather_or_cancel(*(one(i, img) for i, img in enumerate(images)))
 
 
 def coco_results(done: list[Detected], uploads: list[Upload]) -> list[CocoDetection]:
@@ -258,7 +259,7 @@ async def detect(
     async def every_image() -> list[Detected]:
         if len(images) == 1:  # no task to spawn for the common case
             return [await one(images[0])]
-        return list(await asyncio.gather(*(one(d) for d in images)))
+        return await gather_or_cancel(*(one(d) for d in images))
 
     done = await state.stats.count(served.version, every_image(), lambda ds: [d.timing for d in ds])
     if format == "coco":

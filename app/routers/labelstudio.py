@@ -4,7 +4,6 @@ tasks get pre-annotations. ``app.labelstudio`` has the protocol's shapes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any
@@ -14,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import labelstudio as ls
+from app.aio import gather_or_cancel
 from app.detection import detect_image
 from app.errors import InputError
 from app.state import AppState, ModelDep, StateDep, presents_key
@@ -179,7 +179,7 @@ async def predict(req: PredictRequest, state: StateDep, model: ModelDep) -> dict
         d = await state.stats.count(served.version, detecting, lambda d: [d.timing])
         return ls.prediction(ls.regions(d.detections, d.width, d.height, target, labels), version)
 
-    results = await asyncio.gather(*(one(i, t) for i, t in enumerate(req.tasks)))
+    results = await gather_or_cancel(*(one(i, t) for i, t in enumerate(req.tasks)))
     return {"results": list(results)}
 
 
