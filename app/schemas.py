@@ -330,7 +330,8 @@ class JobRequest(BaseModel):
         FINETUNE.early_stop_patience,
         ge=0,
         le=1000,
-        description="stop after this many epochs without a better val mAP (0: never)",
+        description="stop after this many epochs without a better one (a higher val mAP, or the "
+        "same at a lower val loss; 0: never)",
     )
     ema_decay: float = Field(
         FINETUNE.ema_decay,
@@ -420,6 +421,14 @@ class Job(BaseModel):
     updated_at: float
     started_at: float | None = None
     finished_at: float | None = None
+
+    @model_validator(mode="after")
+    def _no_eta_once_ended(self) -> Job:
+        # The last progress the worker wrote still holds the time it then expected to
+        # need (an early stop ends a job before its last epoch).
+        if self.status in ("succeeded", "failed", "cancelled"):
+            self.progress.eta_s = None
+        return self
 
 
 class JobList(BaseModel):

@@ -583,7 +583,7 @@ def train(
                 "epoch %d/%d  loss %.3f  val loss %.3f  val mAP@0.5 %.4f  %.0f img/s",
                 m.epoch, tc.epochs, train_terms["total"], val_terms["total"], val_map, speed,
             )  # fmt: skip
-            improved = val_map > state.best_map or not best_path.exists()
+            improved = better(m, state) or not best_path.exists()
             if improved and not math.isnan(val_map):
                 state.best_map, state.best_epoch = val_map, m.epoch
             ckpt = checkpoint(model, opt, state, epoch, model_cfg, tc, ema)
@@ -593,7 +593,7 @@ def train(
             write_metrics(state.history, out)
             report_epoch(m, tc, progress)
             if tc.early_stop_patience and m.epoch - state.best_epoch >= tc.early_stop_patience:
-                log.info("no better val mAP for %d epochs: stopping", tc.early_stop_patience)
+                log.info("no better epoch for %d epochs: stopping", tc.early_stop_patience)
                 break
     except checkpoint_on:
         # Stopped from outside (a time limit): keep where it got to, then let it propagate.
@@ -608,6 +608,16 @@ def train(
     write_metrics(state.history, out)
     plot_curves([asdict(h) for h in state.history], out / "curves.png")
     return TrainResult(best_path, last_path, state.history, state.best_map, state.best_epoch)
+
+
+def better(m: EpochMetrics, state: Progress) -> bool:
+    """Is epoch ``m`` better than the best so far: a higher val mAP, or the same mAP
+    at a lower val loss. A small or easy validation split saturates (every epoch from
+    the 8th at mAP 1.0 on 50 images): the first epoch to get there is not the best."""
+    if m.val_map != state.best_map:
+        return m.val_map > state.best_map
+    best = next((h for h in state.history if h.epoch == state.best_epoch), None)
+    return best is not None and m.val["total"] < best.val["total"]
 
 
 def report_epoch(m: EpochMetrics, tc: TrainConfig, progress: Callable[[dict], None] | None):

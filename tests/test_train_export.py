@@ -309,3 +309,18 @@ def test_the_bf16_choice_is_timed_once_and_leaves_the_random_state_alone():
     assert tr.bf16_pays(cfg, tc) is (not faster)
     tr._bf16_faster.clear()
     assert not tr.use_amp(TrainConfig(amp=False), cfg)
+
+
+def test_the_best_epoch_breaks_a_map_tie_on_validation_loss():
+    """A saturated split (mAP 1.0 epoch after epoch) must not freeze the best epoch at
+    the first one to reach it."""
+    from model.train import EpochMetrics, Progress, better
+
+    def epoch(n: int, val_map: float, loss: float) -> EpochMetrics:
+        return EpochMetrics(n, {}, {"total": loss}, val_map)
+
+    state = Progress(best_map=1.0, best_epoch=8, history=[epoch(8, 1.0, 2.0)])
+    assert better(epoch(9, 1.0, 1.5), state)  # the same mAP, a lower loss
+    assert not better(epoch(9, 1.0, 2.5), state)
+    assert not better(epoch(9, 0.99, 0.1), state)  # mAP comes first
+    assert better(epoch(1, 0.5, 9.0), Progress())  # the first epoch beats nothing

@@ -161,6 +161,7 @@ def test_job_runs_registers_a_version_and_reports(stack):
     job = _wait(c, job_id, lambda j: j["status"] in ("succeeded", "failed"), worker=stack["worker"])
     assert job["status"] == "succeeded", job
     assert [m["epoch"] for m in job["metrics"]] == [0, 1, 2]
+    assert job["progress"]["epoch"] == 2 and job["progress"]["eta_s"] is None  # it ended
     res = job["result"]
     assert res["baseline_map50"] == job["metrics"][0]["val_map"]
     assert res["val_map50"] > res["baseline_map50"] and res["best_epoch"] in (1, 2)
