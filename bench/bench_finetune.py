@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 from common import DEFAULT_MODEL, log, setup_logging
+from opencv_shapes import CLASSES as CV_CLASSES
+from opencv_shapes import write_opencv_set
 from scenes import NEW, OLD, write_scenes
 
 from model.cli import onnx_evaluator
@@ -22,6 +24,7 @@ from model.registry import ModelStore
 
 # Seeds: each set is drawn once, and no two sets share a seed.
 IN_DOMAIN_JOB, IN_DOMAIN_HELD_OUT, NEW_JOB, NEW_HELD_OUT = 101, 102, 103, 104
+OPENCV_JOB, OPENCV_HELD_OUT = 105, 106
 # Per-class AP is judged within 0.02: on 100 held-out scenes a class has about 45
 # objects and one of them moves its AP by about that much; 400 give about 180.
 NEW_HELD_OUT_IMAGES = 400
@@ -95,6 +98,29 @@ def new_classes(base: Path, overrides: dict) -> None:
     )  # fmt: skip
 
 
+def other_program(base: Path, overrides: dict) -> None:
+    """A job on shapes another program drew (OpenCV, bench/opencv_shapes.py), with its
+    own validation split and a new class, scored on held-out images of that program."""
+    data = write_opencv_set(base / "cv-job", 200, 50, OPENCV_JOB)
+    held = write_opencv_set(base / "cv-held", 120, 0, OPENCV_HELD_OUT)
+    store = fresh_store(base, "cv-store")
+    r0 = onnx_evaluator(str(DEFAULT_MODEL), read_dataset(held, "yolo")).result()
+    before = {CV_CLASSES[c]: ap for c, ap in r0.ap.items()}
+    out, seconds = job(store, data, base / "cv-run", **overrides)
+    after_map, after = held_out_map(store, held)
+    old = [c for c in CV_CLASSES if c in OLD]
+    log.info(
+        "drawn by OpenCV (200 job images + 50 val, 120 held-out, 5 old + pentagon): mAP@0.5 "
+        "%.4f before, %.4f after | job: best epoch %d of %d, activated %s, %.0f s",
+        r0.map, after_map, out.best_epoch, out.epochs_trained, out.activated, seconds,
+    )  # fmt: skip
+    log.info(
+        "  per class AP before -> after: %s | worst old-class change %+.4f",
+        ", ".join(f"{c} {before.get(c, 0):.3f}->{after[c]:.3f}" for c in CV_CLASSES),
+        min(after[c] - before[c] for c in old),
+    )  # fmt: skip
+
+
 def speed(base: Path, overrides: dict) -> None:
     """Job img/s (the trainer's own figure per epoch) against the bare loop: forward,
     loss, backward and the job's own optimizer step on the same prepared arrays,
@@ -145,12 +171,14 @@ def speed(base: Path, overrides: dict) -> None:
 def main() -> None:
     setup_logging()
     overrides = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
-    which = sys.argv[2].split(",") if len(sys.argv) > 2 else ["in", "new", "speed"]
+    which = sys.argv[2].split(",") if len(sys.argv) > 2 else ["in", "new", "cv", "speed"]
     base = Path(tempfile.mkdtemp(prefix="bench-finetune-"))
     if "in" in which:
         in_domain(base, overrides)
     if "new" in which:
         new_classes(base, overrides)
+    if "cv" in which:
+        other_program(base, overrides)
     if "speed" in which:
         speed(base, overrides)
 
