@@ -282,6 +282,9 @@ def test_jobs_from_the_page_curves_activation_and_cancel(page, browser, stack, t
     page.goto(stack["url"] + "/#models")
     page.wait_for_selector(f"#models-table tr[data-version='{version}'] button[data-activate]")
     page.screenshot(path=SHOTS / "models.png", full_page=True)
+    names = httpx.get(f"{stack['url']}/v1/models").json()["versions"][-1]["classes"]
+    cells = page.locator(f"#models-table tr[data-version='{version}'] td").all_inner_texts()
+    assert ", ".join(names) in cells  # the version's classes, from its sidecar
     # The new version's ONNX file, downloaded from its row, is the one the job registered.
     with page.expect_download() as got:
         page.click(f"#models-table tr[data-version='{version}'] button[data-download]")

@@ -171,6 +171,9 @@ def test_job_runs_registers_a_version_and_reports(stack):
     while c.get("/v1/models").json()["active"]["version"] != 2:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    classes = {v["version"]: v["classes"] for v in c.get("/v1/models").json()["versions"]}
+    assert classes[2] == ["circle", "square", "hexagon", "blob", "ring"]
+    assert classes[1] == ["circle", "square", "triangle", "star", "cross"]
     assert c.post("/v1/models/1/activate", headers=AUTH).status_code == 200  # roll back
     assert not (stack["base"] / "store" / "runs" / job_id).exists()  # the registry has copies
     m = job["metrics"][-1]

@@ -16,6 +16,15 @@ function dataset(d) {
   return [d.format, d.dataset_id || d.path || (d.images ? `${d.images} images` : "")].filter(Boolean).join(" ");
 }
 
+// The version's classes; those the serving version lacks are marked, so a version that
+// learned a new class (or lost one) shows it.
+function classes(v, active) {
+  if (!v.classes) return "–";
+  const served = active?.classes ? new Set(active.classes) : null;
+  return el("span", { title: `${v.classes.length} classes` }, ...v.classes.flatMap((c, i) => [
+    i ? ", " : "", served && !served.has(c) ? el("strong", { title: "not in the serving version" }, c) : c]));
+}
+
 async function activate(v) {
   await guarded(async () => {
     await api(`/v1/models/${v}/activate`, { method: "POST" });
@@ -63,7 +72,8 @@ export async function refreshModels() {
     } else state = el("button", { type: "button", "data-activate": v.version, onclick: () => activate(v.version) }, "Activate");
     return el("tr", { "data-version": v.version, class: isActive ? "active" : null },
       el("td", {}, `v${v.version}`), el("td", { class: "wide" }, v.name ?? "–"), el("td", {}, v.parent ? `v${v.parent}` : "–"),
-      el("td", { class: "wide" }, dataset(v.dataset)), el("td", { class: "num" }, fmt(v.val_map50)),
+      el("td", { class: "wide" }, dataset(v.dataset)), el("td", { class: "wide" }, classes(v, active)),
+      el("td", { class: "num" }, fmt(v.val_map50)),
       el("td", { class: "wide" }, v.created_at ? fmtTime(v.created_at) : "–"), el("td", {}, state),
       el("td", {}, el("button", { type: "button", "data-download": v.version, onclick: () => download(v.version),
         "aria-label": `Download version ${v.version} as ONNX` }, "ONNX")));

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -12,12 +13,24 @@ from fastapi.responses import StreamingResponse
 
 from app.schemas import ModelFile, ModelInfo, ModelsResponse, ModelVersion
 from app.state import AuthDep, ModelDep, ReadAuthDep, StateDep
+from model.infer import sidecar_path
 from model.registry import FILES, ModelStore, RegistryError
 
 # The registry's list of a version's files, as the path parameter's allowed values.
 FileName = Literal[FILES]  # type: ignore[valid-type]
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@functools.lru_cache(maxsize=256)
+def _class_names(onnx_path: str, created_at: float | None) -> tuple[str, ...] | None:
+    """A registered version's classes, from its sidecar; a version's files never
+    change, so ``created_at`` tells a reused number apart and the answer keeps."""
+    try:
+        cfg = json.loads(sidecar_path(onnx_path).read_text())["model_config"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return tuple(cfg.get("class_names") or ())
 
 
 def _versions(state) -> list[dict[str, Any]]:
@@ -42,6 +55,7 @@ def _versions(state) -> list[dict[str, Any]]:
                 "hyperparameters": meta.get("hyperparameters"),
                 "val_map50": (meta.get("metrics") or {}).get("val_map50"),
                 "head_rebuilt": meta.get("head_rebuilt"),
+                "classes": _class_names(str(store.onnx_path(v)), meta.get("created_at")),
             }
         )
     return out
