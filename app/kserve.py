@@ -408,6 +408,27 @@ def stats_of(state: AppState, name: str | None, version: str | None) -> dict[str
     return {"model_stats": state.stats.report(MODEL_NAME, versions)}
 
 
+def repository_index(state: AppState, ready_only: bool) -> list[dict[str, str]]:
+    """Triton's repository index: each registered version of the model, ``READY`` when
+    loaded (the active one, and those kept for requests that named them), else
+    ``UNAVAILABLE`` until a request names it, which loads it."""
+    if not state.holder.ready:
+        raise ProtocolError("the model is still loading", 503)
+    loaded = state.manager.loaded_versions()
+    index = [
+        {"name": MODEL_NAME, "version": str(v), "state": "READY", "reason": ""}
+        if v in loaded
+        else {
+            "name": MODEL_NAME,
+            "version": str(v),
+            "state": "UNAVAILABLE",
+            "reason": "not loaded; a request that names this version loads it",
+        }
+        for v in state.manager.versions()
+    ]
+    return [m for m in index if m["state"] == "READY"] if ready_only else index
+
+
 def config_of(state: AppState, model: ServedModel) -> dict[str, Any]:
     return model_config(model.cfg, model.detector.input_name, state.settings.max_images_per_request)
 

@@ -259,6 +259,11 @@ class ModelManager:
     def versions(self) -> list[int]:
         return self.store.versions() if self.store is not None else [self.holder.current.version]
 
+    def loaded_versions(self) -> set[int]:
+        """The active version and those kept loaded for requests that named them."""
+        current = self.holder.peek()
+        return set(self._others) | ({current.version} if current is not None else set())
+
     async def model_for(self, version: int | None) -> ServedModel:
         """The active model, or a registered ``version`` (loaded on first use).
         Raises ``KeyError`` for a version the store does not have."""

@@ -533,6 +533,24 @@ def test_triton_statistics_extension_counts_what_ran(server, client):
         g.get_inference_statistics("yolov1", "9")
 
 
+def test_triton_repository_index(server, client):
+    """tritonclient's get_model_repository_index over HTTP and gRPC."""
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+
+    want = {"name": "yolov1", "version": "1", "state": "READY", "reason": ""}
+    assert th.InferenceServerClient(
+        server.url.removeprefix("http://")
+    ).get_model_repository_index() == [want]
+    models = tg.InferenceServerClient(server.grpc).get_model_repository_index(as_json=True)[
+        "models"
+    ]
+    assert [{**want, **m} for m in models] == [want]  # protobuf's JSON leaves out empty fields
+    assert client.post("/v2/repository/index", json={"ready": True}).json() == [want]
+    r = client.post("/v2/repository/index", content=b"[1, 2")
+    assert r.status_code == 400 and "ready" in r.json()["error"]
+
+
 def test_kserve_v2_hand_written_requests_from_the_spec(client):
     """The spec's REST examples: a JSON tensor (flat or nested), an id echoed back."""
     assert client.get("/v2/health/live").status_code == 200

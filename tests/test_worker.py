@@ -175,6 +175,16 @@ def test_job_runs_registers_a_version_and_reports(stack):
     assert classes[2] == ["circle", "square", "hexagon", "blob", "ring"]
     assert classes[1] == ["circle", "square", "triangle", "star", "cross"]
     assert c.post("/v1/models/1/activate", headers=AUTH).status_code == 200  # roll back
+    # Triton's repository index: a version is READY once loaded; naming it loads it.
+    deadline = time.monotonic() + 10
+    while c.get("/v1/models").json()["active"]["version"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    states = {m["version"]: m["state"] for m in c.post("/v2/repository/index").json()}
+    assert states["1"] == "READY" and states["2"] in ("READY", "UNAVAILABLE")
+    assert c.get("/v2/models/yolov1/versions/2/ready").status_code == 200
+    states = {m["version"]: m["state"] for m in c.post("/v2/repository/index").json()}
+    assert states == {"1": "READY", "2": "READY"}
     assert not (stack["base"] / "store" / "runs" / job_id).exists()  # the registry has copies
     m = job["metrics"][-1]
     assert set(m["train"]) >= {"coord_xy", "coord_wh", "obj", "noobj", "class", "total"}

@@ -74,6 +74,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=app_dot_grpc__v2_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
                 response_deserializer=app_dot_grpc__v2_dot_inference__pb2.ModelStatisticsResponse.FromString,
                 _registered_method=True)
+        self.RepositoryIndex = channel.unary_unary(
+                '/inference.GRPCInferenceService/RepositoryIndex',
+                request_serializer=app_dot_grpc__v2_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
+                response_deserializer=app_dot_grpc__v2_dot_inference__pb2.RepositoryIndexResponse.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer:
@@ -127,6 +132,12 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RepositoryIndex(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +180,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelStatistics,
                     request_deserializer=app_dot_grpc__v2_dot_inference__pb2.ModelStatisticsRequest.FromString,
                     response_serializer=app_dot_grpc__v2_dot_inference__pb2.ModelStatisticsResponse.SerializeToString,
+            ),
+            'RepositoryIndex': grpc.unary_unary_rpc_method_handler(
+                    servicer.RepositoryIndex,
+                    request_deserializer=app_dot_grpc__v2_dot_inference__pb2.RepositoryIndexRequest.FromString,
+                    response_serializer=app_dot_grpc__v2_dot_inference__pb2.RepositoryIndexResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +403,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelStatistics',
             app_dot_grpc__v2_dot_inference__pb2.ModelStatisticsRequest.SerializeToString,
             app_dot_grpc__v2_dot_inference__pb2.ModelStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RepositoryIndex(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/RepositoryIndex',
+            app_dot_grpc__v2_dot_inference__pb2.RepositoryIndexRequest.SerializeToString,
+            app_dot_grpc__v2_dot_inference__pb2.RepositoryIndexResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -222,6 +222,14 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             ]
         )
 
+    def RepositoryIndex(self, request, context):  # noqa: N802
+        async def index() -> list[dict[str, str]]:
+            return kserve.repository_index(self.state, request.ready)
+
+        models = self._on_loop(index(), context)
+        entry = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[entry(**m) for m in models])
+
     def ModelInfer(self, request, context):  # noqa: N802
         async def infer() -> Any:
             model = await kserve.resolve_model(

@@ -3,6 +3,7 @@ Errors are ``{"error": message}``, as the protocol and its clients expect."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response
@@ -45,6 +46,26 @@ def ready(state: StateDep) -> JSONResponse:
     return JSONResponse(
         {"ready": state.holder.ready}, status_code=200 if state.holder.ready else 400
     )
+
+
+@router.post(
+    "/repository/index",
+    summary="The model repository's index (Triton's extension, read-only)",
+    responses={400: ERROR},
+)
+async def repository_index(request: Request, state: StateDep) -> Any:
+    """Each registered version of ``yolov1`` with its state; ``{"ready": true}`` lists
+    the loaded ones only. Loading and unloading are not served: a request that names a
+    version loads it, and activating one (``/v1/models/{v}/activate``) serves it."""
+    body = await request.body()
+    try:
+        ready = bool(json.loads(body).get("ready", False)) if body.strip() else False
+    except (ValueError, AttributeError):
+        return _error('the body is JSON: {"ready": true|false}, or empty')
+    try:
+        return kserve.repository_index(state, ready)
+    except ProtocolError as exc:
+        return _error(str(exc), exc.status)
 
 
 @router.get(
