@@ -9,9 +9,10 @@ function node(tag, attrs, text) {
   return n;
 }
 
-/** series: [{name, color, points: [[x, y], ...]}]; points with a null y are skipped. */
-export function lineChart(svg, series, { yMin = null, yMax = null } = {}) {
-  const w = 480, h = 240, pad = { l: 46, r: 10, t: 10, b: 34 };
+/** series: [{name, color, points: [[x, y], ...]}]; points with a null y are skipped.
+ *  mark: {x, label}, a dashed vertical line at x (the best epoch, say). */
+export function lineChart(svg, series, { yMin = null, yMax = null, mark = null } = {}) {
+  const w = 480, h = 240, pad = { l: 46, r: 10, t: 26, b: 34 };
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
   svg.replaceChildren();
   const pts = series.flatMap((s) => s.points.filter((p) => Number.isFinite(p[1])));
@@ -31,13 +32,21 @@ export function lineChart(svg, series, { yMin = null, yMax = null } = {}) {
   svg.append(node("text", { x: X(x0), y: h - pad.b + 14, "text-anchor": "middle" }, String(x0)));
   svg.append(node("text", { x: X(x1), y: h - pad.b + 14, "text-anchor": "middle" }, String(x1)));
   svg.append(node("text", { x: (w + pad.l) / 2, y: h - 4, "text-anchor": "middle" }, "epoch"));
-  let lx = pad.l + 8;
+  if (mark && mark.x >= x0 && mark.x <= x1) {
+    svg.append(node("line", { class: "mark", x1: X(mark.x), y1: pad.t, x2: X(mark.x), y2: h - pad.b }));
+    const right = X(mark.x) > w - 120;
+    svg.append(node("text", { class: "mark", x: X(mark.x) + (right ? -4 : 4), y: h - pad.b - 6,
+      "text-anchor": right ? "end" : "start" }, mark.label));
+  }
+  // The legend above the plot, each name after a swatch of its line's colour.
+  let lx = pad.l;
   for (const s of series) {
     const ok = s.points.filter((p) => Number.isFinite(p[1]));
     svg.append(node("polyline", { stroke: s.color, "data-series": s.name, "data-points": ok.length,
       points: ok.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ") }));
     for (const p of ok) svg.append(node("circle", { cx: X(p[0]), cy: Y(p[1]), r: 2.5, fill: s.color }));
-    svg.append(node("text", { x: lx, y: pad.t + 12, fill: s.color }, s.name));
-    lx += 12 + 7 * s.name.length;
+    svg.append(node("line", { x1: lx, y1: 12, x2: lx + 16, y2: 12, stroke: s.color, "stroke-width": 3 }));
+    svg.append(node("text", { x: lx + 20, y: 16 }, s.name));
+    lx += 32 + 7 * s.name.length;
   }
 }
