@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 from common import DEFAULT_MODEL, log, setup_logging
-from opencv_shapes import CLASSES as CV_CLASSES
-from opencv_shapes import write_opencv_set
 from scenes import NEW, OLD, write_scenes
 
 from model.cli import onnx_evaluator
@@ -21,6 +19,8 @@ from model.config import FINETUNE, JobSpec, TrainConfig
 from model.data import read_dataset
 from model.finetune import load_job_dataset, prepare_data, prepare_model, run_finetune
 from model.registry import ModelStore
+from support.opencv_shapes import CLASSES as CV_CLASSES
+from support.opencv_shapes import write_opencv_set
 
 # Seeds: each set is drawn once, and no two sets share a seed.
 IN_DOMAIN_JOB, IN_DOMAIN_HELD_OUT, NEW_JOB, NEW_HELD_OUT = 101, 102, 103, 104
@@ -99,7 +99,7 @@ def new_classes(base: Path, overrides: dict) -> None:
 
 
 def other_program(base: Path, overrides: dict) -> None:
-    """A job on shapes another program drew (OpenCV, bench/opencv_shapes.py), with its
+    """A job on shapes another program drew (OpenCV, support/opencv_shapes.py), with its
     own validation split and a new class, scored on held-out images of that program."""
     data = write_opencv_set(base / "cv-job", 200, 50, OPENCV_JOB)
     held = write_opencv_set(base / "cv-held", 120, 0, OPENCV_HELD_OUT)

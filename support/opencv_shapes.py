@@ -3,7 +3,8 @@
 blur, sizes 640x480 to 1280x720, JPEG and PNG. Neither ``model.shapes`` (the default
 model's training data) nor ``bench/scenes.py`` (the fine-tuning bench's) drew them.
 Classes: the default model's five plus ``pentagon``. Deterministic by seed; writes a
-YOLO data set in Roboflow's layout (``train/images``, ``valid/images``, data.yaml)."""
+YOLO data set in Roboflow's layout (``train/images``, ``valid/images``, data.yaml).
+Used by ``make bench`` (a fine-tuning job on them) and the default model's tests."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ def _polygon(cx: int, cy: int, r: int, name: str) -> np.ndarray:
 Label = tuple[int, float, float, float, float]  # (class, cx, cy, w, h), normalised
 
 
-def draw(rng: np.random.Generator) -> tuple[np.ndarray, list[Label]]:
-    """One BGR image and its YOLO labels."""
+def draw(rng: np.random.Generator, classes: list[str] = CLASSES) -> tuple[np.ndarray, list[Label]]:
+    """One BGR image of ``classes`` and its YOLO labels (class ids index ``CLASSES``)."""
     w, h = SIZES[rng.integers(len(SIZES))]
     img = np.empty((h, w, 3), np.uint8)
     img[:] = rng.integers(120, 256, 3)
@@ -54,7 +55,7 @@ def draw(rng: np.random.Generator) -> tuple[np.ndarray, list[Label]]:
                 break
         else:
             continue
-        k = int(rng.integers(len(CLASSES)))
+        k = CLASSES.index(classes[rng.integers(len(classes))])
         colour = tuple(int(v) for v in rng.integers(0, 100, 3))
         if CLASSES[k] == "circle":
             cv2.circle(img, (cx, cy), r, colour, -1)
