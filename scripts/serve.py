@@ -93,10 +93,34 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    announced = False
     while True:  # a child that dies is started again, after a back-off if it keeps dying
         for c in children:
             c.check()
+        if not announced:
+            announced = announce_when_ready(env)
         time.sleep(0.5)
+
+
+def announce_when_ready(env: dict[str, str]) -> bool:
+    """Once the API answers ready, say where everything is (the lines above are the
+    processes' own logs)."""
+    import urllib.request
+
+    host, port = env.get("YOLOV1_HOST") or "127.0.0.1", env.get("YOLOV1_PORT") or "8000"
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=0.3) as r:
+            if r.status != 200:
+                return False
+    except OSError:
+        return False
+    log.info(
+        "ready: the console at %s/ (no image at hand? it has a sample), the API's docs at "
+        "%s/docs, KServe v2 over HTTP at %s/v2 and over gRPC on port %s. Ctrl-C stops all.",
+        base, base, base, env.get("YOLOV1_GRPC_PORT"),
+    )  # fmt: skip
+    return True
 
 
 class Child:
