@@ -482,7 +482,7 @@ async def run_infer(state: AppState, model: ServedModel, req: InferRequest) -> n
             return grid
 
         grid = await state.batcher.call(call)
-        state.stats.executed(model.version, ran[1] - ran[0], len(x))
+        state.record_batch(model, ran[1] - ran[0], [ran[0] - t1] * len(x))
         ms = [(b - a) * 1000 for a, b in ((t0, t1), (t1, ran[0]), (ran[0], ran[1]))]
         return grid, Timing(decode=ms[0], preprocess=0, queue=ms[1], inference=ms[2], postprocess=0)
 

@@ -25,7 +25,7 @@ from app.observability import Metrics, MetricsMiddleware
 from app.routers import datasets, detect, health, jobs, kserve, labelstudio, loss, models
 from app.routers.detect import json_body_limit
 from app.schemas import DetectRequest, LossRequest
-from app.serving import ModelManager, ServedModel
+from app.serving import ModelManager
 from app.settings import Settings
 from app.state import AppState
 
@@ -77,10 +77,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("ready in %.2f s", time.perf_counter() - t0)
         await state.manager.follow()
 
-    def on_batch(model: ServedModel, seconds: float, waits: list[float]) -> None:
-        state.metrics.observe_batch(model, seconds, waits)
-        state.stats.executed(model.version, seconds, len(waits))
-
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.cpu_pool = ThreadPoolExecutor(
@@ -90,7 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.batcher = MicroBatcher(
             max_batch=settings.batch_max,
             wait_ms=settings.batch_wait_ms,
-            on_batch=on_batch,
+            on_batch=state.record_batch,
         )
         state.batcher.start()
         loading = asyncio.create_task(load_model())

@@ -33,6 +33,12 @@ class AppState:
     studio: StudioAuth | None = None  # signs in to Label Studio (YOLOV1_LABELSTUDIO_URL)
     stats: InferenceStatistics = field(default_factory=InferenceStatistics)  # /v2 .../stats
 
+    def record_batch(self, model: ServedModel, seconds: float, waits: list[float]) -> None:
+        """One ONNX Runtime call over ``len(waits)`` images (each having waited
+        ``waits[i]``), counted for Prometheus and for Triton's statistics alike."""
+        self.metrics.observe_batch(model, seconds, waits)
+        self.stats.executed(model.version, seconds, len(waits))
+
 
 # Dependencies are async on purpose: FastAPI runs a plain ``def`` dependency in its
 # thread pool, a thread hop per dependency per request for a dictionary lookup.

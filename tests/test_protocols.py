@@ -474,7 +474,8 @@ def test_triton_model_configuration_extension(server):
 def test_triton_statistics_extension_counts_what_ran(server, client):
     """Triton's statistics, read with tritonclient over HTTP and gRPC: an image through
     /v1/detect, one through /v2 over HTTP, one over gRPC and a tensor of two are four
-    requests and five inferences; an undecodable image is a failure."""
+    requests and five inferences; an undecodable image is a failure. Prometheus counts
+    the same five images."""
     import tritonclient.grpc as tg
     import tritonclient.http as th
     from tritonclient.utils import InferenceServerException
@@ -491,7 +492,14 @@ def test_triton_statistics_extension_counts_what_ran(server, client):
             out[k], out[k + "_ns"] = d["count"], d["ns"]
         return out
 
-    before, t0 = totals(), time.time() * 1000
+    def images() -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in client.get("/metrics").text.splitlines()
+            if line.startswith("yolov1_detect_images_total")
+        )
+
+    before, t0, images_before = totals(), time.time() * 1000, images()
     jpeg = _sample(2).encoded
     assert client.post(
         "/v1/detect", content=jpeg, headers={"content-type": "image/jpeg"}
@@ -520,6 +528,7 @@ def test_triton_statistics_extension_counts_what_ran(server, client):
     assert d["compute_output_ns"] > 0, d
     assert d["success_ns"] >= d["compute_input_ns"] + d["compute_infer_ns"] > 0, d
     assert after["last_inference"] >= t0 - 1000
+    assert images() == images_before + 5
 
     # gRPC reports the same numbers; unknown models and versions are the protocol's errors.
     grpc_stats = g.get_inference_statistics("yolov1", "1", as_json=True)["model_stats"][0]
