@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from app.state import AppState
 
 MODEL_NAME = "yolov1"
+# Triton's extensions served over both transports (HTTP adds binary_tensor_data).
+EXTENSIONS = ["model_configuration", "statistics", "model_repository"]
 IMAGE_INPUT = "image_bytes"
 OUTPUT = "grid"
 HEADER = "Inference-Header-Content-Length"
@@ -427,6 +429,43 @@ def repository_index(state: AppState, ready_only: bool) -> list[dict[str, str]]:
         for v in state.manager.versions()
     ]
     return [m for m in index if m["state"] == "READY"] if ready_only else index
+
+
+async def load_model(state: AppState, name: str, parameters: dict[str, Any]) -> None:
+    """Triton's load, which (re)loads a model: here, serve the model registry's active
+    version now rather than at the next poll (``ModelManager.sync``), trying again a
+    version that failed to load before. Configurations and files sent with the load
+    (``config``, ``file:...``) are refused: versions come from fine-tuning jobs."""
+    if name != MODEL_NAME:
+        raise ProtocolError(f"unknown model {name!r}; this server serves {MODEL_NAME!r}", 404)
+    sent = sorted(k for k in parameters if k == "config" or k.startswith("file:"))
+    if sent:
+        raise ProtocolError(
+            f"a load with {', '.join(sent)} is not served: this server's versions of "
+            f"{MODEL_NAME!r} are registered by fine-tuning jobs (POST /v1/jobs)"
+        )
+    if not state.holder.ready:
+        raise ProtocolError("the model is still loading", 503)
+    try:
+        await state.manager.sync(retry=True)
+    except Exception as exc:
+        raise ProtocolError(
+            f"the active version could not be loaded ({exc}); version "
+            f"{state.holder.current.version} still serves",
+            503,
+        ) from None
+
+
+def unload_model(state: AppState, name: str) -> None:
+    """Triton's unload: refused, as Triton refuses it outside its explicit control mode.
+    This server always serves one version of its model, the registry's active one."""
+    if name != MODEL_NAME:
+        raise ProtocolError(f"unknown model {name!r}; this server serves {MODEL_NAME!r}", 404)
+    raise ProtocolError(
+        f"unloading is not served: this server always serves one version of "
+        f"{MODEL_NAME!r}, the model registry's active one; choose it with "
+        "POST /v1/models/{version}/activate"
+    )
 
 
 def config_of(state: AppState, model: ServedModel) -> dict[str, Any]:

@@ -304,22 +304,33 @@ class ModelManager:
             log.info("now serving %s v%d", served.name, served.version)
             return served
 
+    async def sync(self, *, retry: bool = False) -> ServedModel:
+        """Serve the store's active version now, as each poll of :meth:`follow` does.
+        A version that failed to load stays skipped unless ``retry``; a failure
+        (also of reading the store) propagates, and the old model keeps serving."""
+        current = self.holder.current
+        version = None
+        try:
+            version = self.store.active_version() if self.store is not None else None
+            if version is None or version == current.version:
+                return current
+            if version in self._failed and not retry:
+                return current
+            return await self.activate(version, persist=False)
+        except Exception as exc:
+            if version is not None:
+                self._failed.add(version)
+            self.last_error = f"version {version}: {exc}"
+            log.error("could not switch to model version %s: %s", version, exc)
+            raise
+
     async def follow(self) -> None:
         """Poll the store's active version (a shared volume for every replica)."""
         while True:
             await asyncio.sleep(self.settings.model_poll_s)
             if self.store is None or not self.holder.ready:
                 continue
-            version = None
             try:
-                version = self.store.active_version()
-                if version is None or version == self.holder.current.version:
-                    continue
-                if version in self._failed:
-                    continue
-                await self.activate(version, persist=False)
-            except Exception as exc:  # keep serving the old model
-                if version is not None:
-                    self._failed.add(version)
-                self.last_error = f"version {version}: {exc}"
-                log.error("could not switch to model version %s: %s", version, exc)
+                await self.sync()
+            except Exception:  # said in the log and last_error; the old model serves
+                continue

@@ -560,6 +560,76 @@ def test_triton_repository_index(server, client):
     assert r.status_code == 400 and "ready" in r.json()["error"]
 
 
+def test_triton_load_serves_the_registrys_active_version_now(tmp_path):
+    """tritonclient's load_model over HTTP and gRPC: the server follows the registry's
+    active version by polling (here once an hour), and a load makes it switch now.
+    Unloading is refused with the reason, as is a load that brings a configuration;
+    an unknown model is the protocol's not-found."""
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    from model.registry import ModelStore
+
+    store = ModelStore(tmp_path)
+    store.ensure_default(DEFAULT_MODEL)
+    v2 = store.register(
+        {n: store.path(1) / n for n in ("model.onnx", "model.json")}, {"name": "copy"}
+    )
+    grpc_port = free_port()
+    server = Server(
+        {
+            "YOLOV1_MODEL_PATH": str(DEFAULT_MODEL),
+            "YOLOV1_MODEL_STORE": str(tmp_path),
+            "YOLOV1_MODEL_POLL_S": "3600",
+            "YOLOV1_GRPC_PORT": str(grpc_port),
+        }
+    )
+    try:
+        server.wait_ready()
+        h = th.InferenceServerClient(server.url.removeprefix("http://"))
+        g = tg.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert "model_repository" in h.get_server_metadata()["extensions"]
+        assert "model_repository" in g.get_server_metadata(as_json=True)["extensions"]
+
+        def active() -> int:
+            return httpx.get(f"{server.url}/v1/models").json()["active"]["version"]
+
+        assert active() == 1
+        store.set_active(v2)  # as another replica's activation, or a job's, would
+        time.sleep(0.5)
+        assert active() == 1  # the next poll is an hour away
+        h.load_model("yolov1")
+        assert active() == v2
+        states = {m["version"]: m["state"] for m in h.get_model_repository_index()}
+        assert states == {"1": "UNAVAILABLE", "2": "READY"}  # the swap let v1 go
+        store.set_active(1)
+        g.load_model("yolov1")
+        assert active() == 1
+        h.load_model("yolov1")  # nothing changed: still a success
+
+        for client in (h, g):
+            with pytest.raises(InferenceServerException, match="unloading is not served"):
+                client.unload_model("yolov1")
+            with pytest.raises(InferenceServerException, match="a load with config"):
+                client.load_model("yolov1", config='{"max_batch_size": 4}')
+            with pytest.raises(InferenceServerException, match="unknown model 'resnet'"):
+                client.load_model("resnet")
+        v3 = store.register(
+            {n: store.path(1) / n for n in ("model.onnx", "model.json")}, {"name": "broken"}
+        )
+        (store.path(v3) / "model.onnx").write_bytes(b"not a model")
+        store.set_active(v3)
+        with pytest.raises(InferenceServerException, match="could not be loaded.*1 still serves"):
+            h.load_model("yolov1")
+        store.set_active(1)
+        r = httpx.post(f"{server.url}/v2/repository/models/yolov1/load", content=b"[1")
+        assert r.status_code == 400 and "parameters" in r.json()["error"]
+        assert active() == 1  # still serving after every refusal
+    finally:
+        server.stop()
+
+
 def test_kserve_v2_hand_written_requests_from_the_spec(client):
     """The spec's REST examples: a JSON tensor (flat or nested), an id echoed back."""
     assert client.get("/v2/health/live").status_code == 200

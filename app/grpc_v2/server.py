@@ -139,7 +139,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(
             name="yolov1-service",
             version=self.version,
-            extensions=["model_configuration", "statistics"],
+            extensions=kserve.EXTENSIONS,
         )
 
     def ModelReady(self, request, context):  # noqa: N802
@@ -229,6 +229,21 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         models = self._on_loop(index(), context)
         entry = pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(models=[entry(**m) for m in models])
+
+    def RepositoryModelLoad(self, request, context):  # noqa: N802
+        async def load() -> None:
+            params = {k: p.WhichOneof("parameter_choice") for k, p in request.parameters.items()}
+            await kserve.load_model(self.state, request.model_name, params)
+
+        self._on_loop(load(), context)
+        return pb.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request, context):  # noqa: N802
+        async def unload() -> None:
+            kserve.unload_model(self.state, request.model_name)
+
+        self._on_loop(unload(), context)
+        return pb.RepositoryModelUnloadResponse()
 
     def ModelInfer(self, request, context):  # noqa: N802
         async def infer() -> Any:

@@ -32,7 +32,7 @@ def server_metadata(request: Request) -> dict[str, Any]:
     return {
         "name": "yolov1-service",
         "version": request.app.version,
-        "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
+        "extensions": ["binary_tensor_data", *kserve.EXTENSIONS],
     }
 
 
@@ -55,8 +55,8 @@ def ready(state: StateDep) -> JSONResponse:
 )
 async def repository_index(request: Request, state: StateDep) -> Any:
     """Each registered version of ``yolov1`` with its state; ``{"ready": true}`` lists
-    the loaded ones only. Loading and unloading are not served: a request that names a
-    version loads it, and activating one (``/v1/models/{v}/activate``) serves it."""
+    the loaded ones only. A request that names a version loads it, and activating one
+    (``/v1/models/{v}/activate``) serves it."""
     body = await request.body()
     try:
         ready = bool(json.loads(body).get("ready", False)) if body.strip() else False
@@ -66,6 +66,51 @@ async def repository_index(request: Request, state: StateDep) -> Any:
         return kserve.repository_index(state, ready)
     except ProtocolError as exc:
         return _error(str(exc), exc.status)
+
+
+async def _parameters(request: Request) -> dict[str, Any]:
+    """The ``parameters`` of a repository load or unload body (which may be empty)."""
+    body = await request.body()
+    try:
+        doc = json.loads(body) if body.strip() else {}
+    except ValueError:
+        doc = None
+    params = doc.get("parameters", {}) if isinstance(doc, dict) else None
+    if not isinstance(params, dict):
+        raise ProtocolError('the body is JSON: {"parameters": {...}}, or empty')
+    return params
+
+
+@router.post(
+    "/repository/models/{name}/load",
+    summary="(Re)load the model: serve the registry's active version now",
+    responses={400: ERROR, 404: ERROR, 503: ERROR},
+)
+async def repository_load(name: str, request: Request, state: StateDep) -> Any:
+    """Triton's load. The server follows the model registry's active version by itself
+    (within ``YOLOV1_MODEL_POLL_S``); a load makes it do so now, and tries again a
+    version that failed to load. A ``config`` or files to load from are refused."""
+    try:
+        await kserve.load_model(state, name, await _parameters(request))
+    except ProtocolError as exc:
+        return _error(str(exc), exc.status)
+    return {}
+
+
+@router.post(
+    "/repository/models/{name}/unload",
+    summary="Unload the model: refused, one version always serves",
+    responses={400: ERROR, 404: ERROR},
+)
+async def repository_unload(name: str, request: Request, state: StateDep) -> Any:
+    """Triton's unload, refused with the reason (as Triton refuses it outside its
+    explicit model control mode): activate another version instead."""
+    try:
+        await _parameters(request)
+        kserve.unload_model(state, name)
+    except ProtocolError as exc:
+        return _error(str(exc), exc.status)
+    return {}
 
 
 @router.get(
