@@ -92,7 +92,11 @@ def pick_precision(
     alternating rounds (medians), as a lone image runs; on a GPU provider, fp32."""
     if not int8.exists():
         return "fp32", "the version has no int8 variant"
-    kw = {"providers": providers, "intra_op_threads": intra_op_threads, "spin": True}
+    # Threads that sleep between runs: a spinning pool of the model not being timed
+    # took a core from the one being timed, and on 2 cores the ratio then read from
+    # 0.66x to 1.69x between loads of the same two models (an AVX2 EPYC, where they run
+    # equally fast alone); sleeping, 0.93x to 1.02x.
+    kw = {"providers": providers, "intra_op_threads": intra_op_threads, "spin": False}
     dets = {"fp32": OnnxDetector(fp32, **kw)}
     if dets["fp32"].provider != "CPUExecutionProvider":
         return "fp32", f"{dets['fp32'].provider} runs the fp32 model"
