@@ -742,6 +742,8 @@ def test_a_versions_files_download_whole_and_checked(tmp_path):
         # its training record, from its sidecar
         assert shipped["hyperparameters"]["lambda_coord"] == 5.0
         assert shipped["metrics"]["best_val_map50"] > 0.9
+        listed = httpx.get(f"{s.url}/v1/models", headers=key).json()["versions"]
+        assert listed[0]["val_map50"] == shipped["metrics"]["best_val_map50"]  # the list's too
 
         r = httpx.get(s.url + files["model.onnx"]["url"], headers=key)
         assert r.status_code == 200 and r.content == DEFAULT_MODEL.read_bytes()

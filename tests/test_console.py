@@ -240,6 +240,9 @@ def test_jobs_from_the_page_curves_activation_and_cancel(page, browser, stack, t
         for p in folder.rglob("*"):
             z.write(p, f"renamed/{p.relative_to(folder)}")
     page.goto(stack["url"] + "/#jobs")
+    # Generated shapes (the default source) need a count only; the id and format
+    # fields show for an uploaded data set.
+    assert page.is_visible("#job-images") and not page.is_visible("#job-dataset")
     page.set_input_files("#upload-file", str(archive))
     page.click("#upload-form button[type=submit]")
     _answer_key_dialog(page)  # 401: the page asks for the key once, then retries
@@ -250,6 +253,7 @@ def test_jobs_from_the_page_curves_activation_and_cancel(page, browser, stack, t
     )
     # The upload fills in the job form: its data set, its format.
     assert page.input_value("#job-source") == "upload" and page.input_value("#job-dataset")
+    assert page.is_visible("#job-dataset") and not page.is_visible("#job-images")
     # Empty fields mean the service's fine-tuning defaults, which the form shows.
     defaults = httpx.get(f"{stack['url']}/openapi.json").json()["components"]["schemas"]
     epochs = defaults["JobRequest"]["properties"]["epochs"]["default"]

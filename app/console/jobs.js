@@ -115,6 +115,18 @@ function optionValue(input) {
   return v;
 }
 
+// Only the fields of the chosen data source are shown: a count for generated shapes,
+// an id (an upload fills it in) or a folder, with its format, for the others.
+function showSourceFields() {
+  const source = document.getElementById("job-source").value;
+  for (const box of document.querySelectorAll("#job-form [data-source]")) {
+    box.hidden = !box.dataset.source.split(" ").includes(source);
+  }
+  const upload = source === "upload";
+  document.getElementById("job-dataset-label").textContent = upload ? "Data set id" : "Folder under the data root";
+  document.getElementById("job-dataset").placeholder = upload ? "filled in by an upload" : "e.g. my-shapes (YOLOV1_DATA_ROOT/my-shapes)";
+}
+
 function jobRequest() {
   const source = document.getElementById("job-source").value;
   const ds = document.getElementById("job-dataset").value.trim();
@@ -172,6 +184,8 @@ async function showDefaults() {
 
 export function initJobs() {
   showDefaults();
+  document.getElementById("job-source").addEventListener("change", showSourceFields);
+  showSourceFields();
   document.getElementById("job-form").addEventListener("submit", (e) => {
     e.preventDefault();
     guarded(async () => {
@@ -201,6 +215,7 @@ export function initJobs() {
         document.getElementById("job-source").value = "upload";
         document.getElementById("job-dataset").value = s.id;
         document.getElementById("job-format").value = s.format;
+        showSourceFields();
       } catch (err) {
         out.textContent = "";
         throw err;

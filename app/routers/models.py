@@ -23,14 +23,18 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @functools.lru_cache(maxsize=256)
-def _class_names(onnx_path: str, created_at: float | None) -> tuple[str, ...] | None:
-    """A registered version's classes, from its sidecar; a version's files never
-    change, so ``created_at`` tells a reused number apart and the answer keeps."""
+def _sidecar_facts(
+    onnx_path: str, created_at: float | None
+) -> tuple[tuple[str, ...] | None, float | None]:
+    """A registered version's classes and its training's best val mAP@0.5, from its
+    sidecar; a version's files never change, so ``created_at`` tells a reused number
+    apart and the answer keeps."""
     try:
-        cfg = json.loads(sidecar_path(onnx_path).read_text())["model_config"]
-    except (OSError, ValueError, KeyError):
-        return None
-    return tuple(cfg.get("class_names") or ())
+        side = json.loads(sidecar_path(onnx_path).read_text())
+        names = side["model_config"].get("class_names")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None, None
+    return tuple(names or ()), side.get("best_val_map50")
 
 
 def _versions(state) -> list[dict[str, Any]]:
@@ -44,6 +48,7 @@ def _versions(state) -> list[dict[str, Any]]:
             meta = store.meta(v)
         except RegistryError:
             continue
+        classes, trained_map = _sidecar_facts(str(store.onnx_path(v)), meta.get("created_at"))
         out.append(
             {
                 "version": v,
@@ -53,9 +58,11 @@ def _versions(state) -> list[dict[str, Any]]:
                 "created_at": meta.get("created_at"),
                 "dataset": meta.get("dataset"),
                 "hyperparameters": meta.get("hyperparameters"),
-                "val_map50": (meta.get("metrics") or {}).get("val_map50"),
+                # A job's version: its score on the job's validation split; the shipped
+                # default: its training's, from its sidecar.
+                "val_map50": (meta.get("metrics") or {}).get("val_map50") or trained_map,
                 "head_rebuilt": meta.get("head_rebuilt"),
-                "classes": _class_names(str(store.onnx_path(v)), meta.get("created_at")),
+                "classes": classes,
             }
         )
     return out
