@@ -92,45 +92,44 @@ def match_class(
     iou_threshold: float = 0.5,
 ) -> ClassMatches:
     """Match class ``c``'s detections to its objects, the devkit's way; images are paired
-    by position."""
-    gt_boxes, gt_diff, used = [], [], []
+    by position. Each detection's best object (highest IoU, the first of a tie) does not
+    depend on the others, so it is array work; the devkit's walk down the ranks then
+    comes to this: the first detection to reach an object at ``iou_threshold`` is a
+    true positive, later ones are false positives, and a difficult object's are neither."""
+    gt_boxes, gt_diff = [], []
     for t in truths:
         m = np.asarray(t.class_ids).reshape(-1) == c
         gt_boxes.append(np.asarray(t.boxes, dtype=np.float64).reshape(-1, 4)[m])
         d = np.zeros(m.sum(), bool) if t.difficult is None else np.asarray(t.difficult, bool)[m]
         gt_diff.append(d)
-        used.append(np.zeros(m.sum(), bool))
     npos = int(sum((~d).sum() for d in gt_diff))
-    img_idx, scores, boxes = [], [], []
+    first_gt = np.cumsum([0] + [len(g) for g in gt_boxes])  # (images + 1,) into all objects
+    scores, best_gt, best_iou = [], [], []
     for i, d in enumerate(detections):
         m = np.asarray(d.class_ids).reshape(-1) == c
-        img_idx.append(np.full(int(m.sum()), i))
+        k = int(m.sum())
         scores.append(np.asarray(d.scores, dtype=np.float64).reshape(-1)[m])
-        boxes.append(np.asarray(d.boxes, dtype=np.float64).reshape(-1, 4)[m])
-    img_idx_a = np.concatenate(img_idx) if img_idx else np.zeros(0, int)
-    scores_a = np.concatenate(scores) if scores else np.zeros(0)
-    boxes_a = np.concatenate(boxes) if boxes else np.zeros((0, 4))
-    order = np.argsort(-scores_a, kind="stable")
-    tp = np.zeros(len(order))
-    fp = np.zeros(len(order))
-    for rank, j in enumerate(order):
-        i = img_idx_a[j]
         gts = gt_boxes[i]
-        if len(gts) == 0:
-            fp[rank] = 1
+        if k == 0 or len(gts) == 0:
+            best_gt.append(np.full(k, -1))
+            best_iou.append(np.zeros(k))
             continue
-        ious = box_iou(boxes_a[j : j + 1], gts)[0]
-        best = int(np.argmax(ious))
-        if ious[best] >= iou_threshold:
-            if gt_diff[i][best]:
-                continue
-            if not used[i][best]:
-                used[i][best] = True
-                tp[rank] = 1
-            else:
-                fp[rank] = 1
-        else:
-            fp[rank] = 1
+        ious = box_iou(np.asarray(d.boxes, dtype=np.float64).reshape(-1, 4)[m], gts)  # (k, m)
+        best = np.argmax(ious, axis=1)
+        best_gt.append(first_gt[i] + best)
+        best_iou.append(ious[np.arange(k), best])
+    scores_a = np.concatenate(scores) if scores else np.zeros(0)
+    order = np.argsort(-scores_a, kind="stable")
+    gt = np.concatenate(best_gt).astype(np.int64)[order] if scores else np.zeros(0, np.int64)
+    iou = np.concatenate(best_iou)[order] if scores else np.zeros(0)
+    hit = (gt >= 0) & (iou >= iou_threshold)
+    all_difficult = np.concatenate(gt_diff) if first_gt[-1] else np.zeros(1, dtype=bool)
+    counted = hit & ~all_difficult[np.where(hit, gt, 0)]
+    at = np.flatnonzero(counted)
+    first = np.zeros(len(order), dtype=bool)  # the first detection of its object
+    first[at[np.unique(gt[at], return_index=True)[1]]] = True
+    tp = first.astype(np.float64)
+    fp = (~hit | (counted & ~first)).astype(np.float64)
     return ClassMatches(scores_a[order], tp, fp, npos)
 
 

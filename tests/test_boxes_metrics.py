@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from model.boxes import (
+    NMS_MATRIX_MAX,
     batched_nms,
     box_iou,
     cxcywh_to_xyxy,
@@ -47,6 +48,89 @@ def test_nms_and_classwise():
     scores = np.array([0.9, 0.8, 0.7, 0.95])
     assert list(nms(boxes, scores, 0.5)) == [3, 2]
     assert list(batched_nms(boxes, scores, np.array([0, 0, 0, 1]), 0.5)) == [3, 0, 2]
+
+
+def _reference_nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list[int]:
+    """Greedy NMS written out: take the best box left, drop those it overlaps."""
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while len(order):
+        i, order = order[0], order[1:]
+        keep.append(int(i))
+        order = order[box_iou(boxes[i : i + 1], boxes[order])[0] <= thr]
+    return keep
+
+
+@pytest.mark.parametrize("n", [2, 7, 60, 300, NMS_MATRIX_MAX + 30])
+def test_nms_matches_the_greedy_definition_on_random_boxes(n):
+    """Both of nms's ways (the overlap matrix, and the loop past NMS_MATRIX_MAX boxes)
+    keep what the greedy definition keeps, in its order, ties in score included."""
+    rng = np.random.default_rng(n)
+    for _ in range(3 if n < 100 else 1):
+        centre, size = rng.uniform(0, 1, (n, 2)), rng.uniform(0.02, 0.4, (n, 2))
+        boxes = np.concatenate([centre - size / 2, centre + size / 2], 1)
+        scores = rng.choice(np.linspace(0, 1, 11), n)
+        for thr in (0.3, 0.5):
+            assert list(nms(boxes, scores, thr)) == _reference_nms(boxes, scores, thr)
+
+
+def _reference_matches(detections, truths, c, thr=0.5):
+    """The devkit's walk down the ranks, one detection at a time."""
+    gts = [np.asarray(t.boxes, float)[np.asarray(t.class_ids) == c] for t in truths]
+    diff = [
+        np.zeros(len(g), bool) if t.difficult is None else np.asarray(t.difficult)[t.class_ids == c]
+        for g, t in zip(gts, truths, strict=True)
+    ]
+    used = [np.zeros(len(g), bool) for g in gts]
+    dets = [
+        (s, i, b)
+        for i, d in enumerate(detections)
+        for s, b, k in zip(d.scores, d.boxes, d.class_ids, strict=True)
+        if k == c
+    ]
+    order = np.argsort([-s for s, _, _ in dets], kind="stable")
+    tp, fp = np.zeros(len(dets)), np.zeros(len(dets))
+    for rank, j in enumerate(order):
+        _, i, b = dets[j]
+        if not len(gts[i]):
+            fp[rank] = 1
+            continue
+        ious = box_iou(np.asarray(b)[None], gts[i])[0]
+        best = int(np.argmax(ious))
+        if ious[best] < thr:
+            fp[rank] = 1
+        elif not diff[i][best]:
+            tp[rank], fp[rank], used[i][best] = (0, 1, True) if used[i][best] else (1, 0, True)
+    return tp, fp
+
+
+def test_matching_is_the_devkits_walk_on_random_sets():
+    """match_class's array form gives the devkit's true and false positives: duplicates,
+    difficult objects, images without objects, ties in score and in IoU."""
+    from model.metrics import match_class
+
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        truths, detections = [], []
+        for _ in range(int(rng.integers(1, 7))):
+            m = int(rng.integers(0, 6))
+            g = np.round(rng.uniform(0, 1, (m, 4)) * 10) / 10
+            g = np.concatenate([g[:, :2], g[:, :2] + 0.1 + g[:, 2:] / 3], 1)
+            diff = rng.random(m) < 0.2 if rng.random() < 0.5 else None
+            truths.append(ImageTruth(g, rng.integers(0, 3, m), diff))
+            k = int(rng.integers(0, 12))
+            near = (
+                g[rng.integers(0, m, k)] + rng.normal(0, 0.03, (k, 4))
+                if m
+                else rng.uniform(0, 1, (k, 4))
+            )
+            detections.append(
+                ImageDetections(near, np.round(rng.random(k), 1), rng.integers(0, 3, k))
+            )
+        for c in range(3):
+            got = match_class(detections, truths, c)
+            tp, fp = _reference_matches(detections, truths, c)
+            assert np.array_equal(got.tp, tp) and np.array_equal(got.fp, fp)
 
 
 def test_decode_predictions_places_box_and_scores():
