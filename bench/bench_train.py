@@ -12,6 +12,7 @@ from common import log, setup_logging
 from model.config import ModelConfig, TrainConfig
 from model.data import shapes_dataset, to_arrays
 from model.loss import yolo_loss
+from model.networks import build_model
 from model.train import (
     build_network,
     build_optimizer,
@@ -30,16 +31,22 @@ def images_per_s(
     amp: bool,
     channels_last: bool,
     steps: int,
+    plain: bool = False,
     batch_size: int = 32,
     device: torch.device | None = None,
     warmup: int = 2,
     tc: TrainConfig | None = None,
 ) -> float:
     """The bare loop: forward, loss, backward, clipping and the optimizer's step (``tc``'s,
-    the paper's SGD by default) on batches made beforehand."""
+    the paper's SGD by default) on batches made beforehand. ``plain``: the network as
+    written (``build_model``), not as the trainer arranges it."""
     device = device or torch.device("cpu")
     tc = tc or TrainConfig(channels_last=channels_last)
-    model = build_network(cfg, tc, None, device)  # frozen layers too, as a job builds it
+    if plain:
+        torch.manual_seed(tc.seed)
+        model = build_model(cfg).to(device)
+    else:
+        model = build_network(cfg, tc, None, device)  # frozen layers too, as a job builds it
     train_mode(model, tc)
     opt = build_optimizer(model, tc)
     bs = batch_size
@@ -127,11 +134,11 @@ def main() -> None:
         ("fast-yolov1 224", ModelConfig(arch="fast-yolov1", input_size=224, C=5)),
     ]:
         X, L = to_arrays(ds, cfg.input_size)
-        base = images_per_s(cfg, X, L, amp=False, channels_last=False, steps=6)
+        base = images_per_s(cfg, X, L, amp=False, channels_last=False, steps=6, plain=True)
         amp = use_amp(TrainConfig(batch_size=32), cfg)  # as a job decides
         fast = images_per_s(cfg, X, L, amp=amp, channels_last=True, steps=6)
         log.info(
-            "train %-32s fp32 eager %6.1f img/s | trainer (bf16=%s, channels_last) "
+            "train %-32s fp32 eager %6.1f img/s | trainer (bf16=%s, channels_last, pool first) "
             "%6.1f img/s | ratio %.2fx",
             name,
             base,

@@ -29,7 +29,7 @@ from model.config import ModelConfig, TrainConfig
 from model.evaluate import Evaluator
 from model.loss import yolo_loss
 from model.loss_core import TERMS
-from model.networks import build_model
+from model.networks import build_model, pool_before_activation
 from model.plots import plot_curves
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def build_network(
     device: torch.device | None = None,
 ) -> torch.nn.Module:
     torch.manual_seed(tc.seed)
-    model = build_model(cfg)
+    model = pool_before_activation(build_model(cfg))
     if init_weights is not None:
         model.load_state_dict(init_weights, strict=False)
     if device is not None:

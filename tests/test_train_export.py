@@ -324,3 +324,31 @@ def test_the_best_epoch_breaks_a_map_tie_on_validation_loss():
     assert not better(epoch(9, 1.0, 2.5), state)
     assert not better(epoch(9, 0.99, 0.1), state)  # mAP comes first
     assert better(epoch(1, 0.5, 9.0), Progress())  # the first epoch beats nothing
+
+
+@pytest.mark.parametrize("arch", ["tiny-yolov1", "fast-yolov1"])
+def test_pool_before_activation_is_the_same_network(arch):
+    """The trainer's order (max pool, then LeakyReLU) computes what the written order
+    does, outputs and gradients bit for bit, with the same state dict."""
+    import copy
+
+    from model.networks import pool_before_activation
+
+    torch.manual_seed(0)
+    written = build_model(ModelConfig(arch=arch, input_size=224, C=5)).train()
+    trained = pool_before_activation(copy.deepcopy(written))
+    assert list(trained.state_dict()) == list(written.state_dict())
+    kinds = [type(m).__name__ for m in trained.features]
+    assert "MaxPool2d" in kinds and ["LeakyReLU", "MaxPool2d"] not in [
+        kinds[i : i + 2] for i in range(len(kinds) - 1)
+    ]
+    x = torch.randn(2, 3, 224, 224)
+    torch.manual_seed(1)  # the same dropout masks (fast-yolov1's head has dropout)
+    out_w = written(x)
+    torch.manual_seed(1)
+    out_t = trained(x)
+    assert torch.equal(out_w, out_t)
+    out_w.square().sum().backward()
+    out_t.square().sum().backward()
+    for (name, p), q in zip(written.named_parameters(), trained.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad), name
