@@ -232,8 +232,8 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def RepositoryModelLoad(self, request, context):  # noqa: N802
         async def load() -> None:
-            params = {k: p.WhichOneof("parameter_choice") for k, p in request.parameters.items()}
-            await kserve.load_model(self.state, request.model_name, params)
+            # only the parameters' names matter: any config or file is refused
+            await kserve.load_model(self.state, request.model_name, dict(request.parameters))
 
         self._on_loop(load(), context)
         return pb.RepositoryModelLoadResponse()
