@@ -108,15 +108,14 @@ def build_model(cfg: ModelConfig) -> YoloV1:
 def pool_before_activation(model: YoloV1) -> YoloV1:
     """The same network, cheaper to train: each LeakyReLU that a max pool follows is
     moved after the pool. A max commutes with a non-decreasing function, so the outputs
-    are the same bit for bit, and so are the gradients (tested) but where two negative
-    values of one pooling window round to the same activation: the pool then passes
-    the gradient to the first of them instead of the larger, a last-bit difference.
+    are the same bit for bit, and the gradients agree (tested) but are not always bit
+    for bit: where two negative values of one pooling window round to the same
+    activation, the pool passes the gradient to the first of them instead of the larger.
     The activation and its backward pass touch a quarter of the elements: a job's
     training step of the default model, batch 16, 416 ms instead of 458 on 2 AVX2
-    cores (README). Modules
-    without parameters trade places, so the state dict is the same. Inference keeps the
-    order written above, where ONNX Runtime fuses the activation into the convolution
-    before it. In place."""
+    cores (README). Modules without parameters trade places, so the state dict is the
+    same. Inference keeps the order written above, where ONNX Runtime fuses the
+    activation into the convolution before it. In place."""
     layers = list(model.features)
     for i in range(len(layers) - 1):
         if isinstance(layers[i], nn.LeakyReLU) and isinstance(layers[i + 1], nn.MaxPool2d):

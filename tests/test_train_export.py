@@ -329,9 +329,10 @@ def test_the_best_epoch_breaks_a_map_tie_on_validation_loss():
 @pytest.mark.parametrize("arch", ["tiny-yolov1", "fast-yolov1"])
 def test_pool_before_activation_is_the_same_network(arch):
     """The trainer's order (max pool, then LeakyReLU) computes what the written order
-    does, outputs and gradients bit for bit on this input (gradients can differ in the
-    last bits where two negative values of a window round to the same activation),
-    with the same state dict."""
+    does, with the same state dict: the outputs bit for bit on any CPU. The gradients
+    agree closely, not always bit for bit: where two negative values of one window round
+    to the same activation, the pool passes the gradient to the first rather than the
+    larger, and which values round so depends on the CPU's convolution kernels."""
     import copy
 
     from model.networks import pool_before_activation
@@ -353,4 +354,4 @@ def test_pool_before_activation_is_the_same_network(arch):
     out_w.square().sum().backward()
     out_t.square().sum().backward()
     for (name, p), q in zip(written.named_parameters(), trained.parameters(), strict=True):
-        assert torch.equal(p.grad, q.grad), name
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-2, atol=1e-6, msg=name)
