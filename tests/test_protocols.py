@@ -332,6 +332,7 @@ def test_kserve_v2_grpc_with_tritonclient(server, client):
     assert meta.name == "yolov1-service" and list(meta.extensions) == [
         "model_configuration",
         "statistics",
+        "model_repository",
     ]
     md = t.get_model_metadata("yolov1")
     ins = {i.name: (i.datatype, list(i.shape)) for i in md.inputs}
