@@ -49,6 +49,7 @@ def _versions(state) -> list[dict[str, Any]]:
         except RegistryError:
             continue
         classes, trained_map = _sidecar_facts(str(store.onnx_path(v)), meta.get("created_at"))
+        job_map = (meta.get("metrics") or {}).get("val_map50")
         out.append(
             {
                 "version": v,
@@ -60,7 +61,7 @@ def _versions(state) -> list[dict[str, Any]]:
                 "hyperparameters": meta.get("hyperparameters"),
                 # A job's version: its score on the job's validation split; the shipped
                 # default: its training's, from its sidecar.
-                "val_map50": (meta.get("metrics") or {}).get("val_map50") or trained_map,
+                "val_map50": trained_map if job_map is None else job_map,
                 "head_rebuilt": meta.get("head_rebuilt"),
                 "classes": classes,
             }
