@@ -23,7 +23,7 @@ test: $(STAMP)
 	bash scripts/ensure-test-tools.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The gRPC stubs of KServe v2 (app/grpc_v2), from the .proto beside them.
 proto: $(STAMP)

@@ -326,12 +326,17 @@ class JobRequest(BaseModel):
     freeze_bn: bool = Field(
         FINETUNE.freeze_bn, description="keep the base model's batch-norm statistics"
     )
+    keep: Literal["best", "last"] = Field(
+        FINETUNE.keep,  # type: ignore[arg-type]
+        description="the epoch whose weights the job keeps: the last (the end of the "
+        "schedule) or the best (the highest val mAP, a tie going to the lower val loss)",
+    )
     early_stop_patience: int = Field(
         FINETUNE.early_stop_patience,
         ge=0,
         le=1000,
-        description="stop after this many epochs without a better one (a higher val mAP, or the "
-        "same at a lower val loss; 0: never)",
+        description="stop after this many epochs: with keep 'last', when none has beaten the "
+        "base model; with 'best', when none has beaten the best (0: never)",
     )
     ema_decay: float = Field(
         FINETUNE.ema_decay,

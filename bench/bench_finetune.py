@@ -67,7 +67,7 @@ def in_domain(base: Path, overrides: dict) -> None:
     after, _ = held_out_map(store, held)
     log.info(
         "in-domain (50 job images, 150 held-out): base mAP@0.5 %.4f | active after the job "
-        "%.4f (%+.4f; target >= -0.005) | job: baseline %.4f, best %.4f at epoch %d, "
+        "%.4f (%+.4f; target >= -0.005) | job: baseline %.4f, kept %.4f at epoch %d, "
         "activated %s, %.0f s",
         before, after, after - before, out.baseline_map50, out.val_map50, out.best_epoch,
         out.activated, seconds,
@@ -111,7 +111,7 @@ def other_program(base: Path, overrides: dict) -> None:
     old = [c for c in CV_CLASSES if c in OLD]
     log.info(
         "drawn by OpenCV (200 job images + 50 val, 120 held-out, 5 old + pentagon): mAP@0.5 "
-        "%.4f before, %.4f after | job: best epoch %d of %d, activated %s, %.0f s",
+        "%.4f before, %.4f after | job: kept epoch %d of %d, activated %s, %.0f s",
         r0.map, after_map, out.best_epoch, out.epochs_trained, out.activated, seconds,
     )  # fmt: skip
     log.info(

@@ -184,26 +184,33 @@ def decide(result: TrainResult, spec: JobSpec, val_objects: int) -> tuple[bool, 
     split of a few images turns up by chance), and activated only then and when the
     job asked for it."""
     base, best = result.history[0].val_map, result.best_map
+    kept = f"{spec.train.keep} epoch {result.best_epoch}"  # "best epoch 12", "last epoch 80"
     if not best > base:
-        return (
-            False,
-            False,
-            f"no epoch beat the base model on the validation split (base mAP@0.5 "
-            f"{base:.4f}, best epoch {result.best_epoch}: {best:.4f}); nothing was "
-            "registered and the served model is unchanged",
-        )
+        top = max(result.history[1:], key=lambda h: h.val_map, default=None)
+        if spec.train.keep == "last" and top is not None and top.val_map > base:
+            what = (
+                f"the {kept} (mAP@0.5 {best:.4f}) did not beat the base model ({base:.4f}) "
+                f"on the validation split; epoch {top.epoch} read {top.val_map:.4f} on the "
+                "way, but the job keeps the schedule's end (keep: last)"
+            )
+        else:
+            what = (
+                f"no epoch beat the base model on the validation split (base mAP@0.5 "
+                f"{base:.4f}, {kept}: {best:.4f})"
+            )
+        return False, False, f"{what}; nothing was registered and the served model is unchanged"
     margin = 1.0 / max(val_objects, 1)
     if not best - base > margin:
         return (
             False,
             False,
-            f"the best epoch ({result.best_epoch}: mAP@0.5 {best:.4f}) beat the base model "
+            f"the {kept} (mAP@0.5 {best:.4f}) beat the base model "
             f"({base:.4f}) by {best - base:.4f}, no more than one of the validation split's "
             f"{val_objects} objects can swing it ({margin:.4f}): too little to trust; nothing "
             "was registered and the served model is unchanged (a larger validation split "
             "tells smaller gains apart)",
         )
-    gain = f"best epoch {result.best_epoch}: mAP@0.5 {best:.4f} against the base model's {base:.4f}"
+    gain = f"{kept}: mAP@0.5 {best:.4f} against the base model's {base:.4f}"
     if not spec.auto_activate:
         return True, False, f"{gain}; registered, not activated (auto_activate is off)"
     return True, True, f"{gain}; registered and activated"

@@ -583,17 +583,16 @@ def train(
                 "epoch %d/%d  loss %.3f  val loss %.3f  val mAP@0.5 %.4f  %.0f img/s",
                 m.epoch, tc.epochs, train_terms["total"], val_terms["total"], val_map, speed,
             )  # fmt: skip
-            improved = better(m, state) or not best_path.exists()
-            if improved and not math.isnan(val_map):
+            kept = tc.keep == "last" or better(m, state) or not best_path.exists()
+            if kept and not math.isnan(val_map):
                 state.best_map, state.best_epoch = val_map, m.epoch
             ckpt = checkpoint(model, opt, state, epoch, model_cfg, tc, ema)
             _atomic_save(ckpt, last_path)
-            if improved:
+            if kept and tc.keep == "best":
                 _atomic_save(ckpt, best_path)
             write_metrics(state.history, out)
             report_epoch(m, tc, progress)
-            if tc.early_stop_patience and m.epoch - state.best_epoch >= tc.early_stop_patience:
-                log.info("no better epoch for %d epochs: stopping", tc.early_stop_patience)
+            if stop_early(state, tc):
                 break
     except checkpoint_on:
         # Stopped from outside (a time limit): keep where it got to, then let it propagate.
@@ -607,7 +606,8 @@ def train(
         batches.close()
     write_metrics(state.history, out)
     plot_curves([asdict(h) for h in state.history], out / "curves.png")
-    return TrainResult(best_path, last_path, state.history, state.best_map, state.best_epoch)
+    kept_path = best_path if tc.keep == "best" else last_path
+    return TrainResult(kept_path, last_path, state.history, state.best_map, state.best_epoch)
 
 
 def better(m: EpochMetrics, state: Progress) -> bool:
@@ -618,6 +618,25 @@ def better(m: EpochMetrics, state: Progress) -> bool:
         return m.val_map > state.best_map
     best = next((h for h in state.history if h.epoch == state.best_epoch), None)
     return best is not None and m.val["total"] < best.val["total"]
+
+
+def stop_early(state: Progress, tc: TrainConfig) -> bool:
+    """``tc.early_stop_patience`` epochs (``TrainConfig.keep`` says of what) have passed."""
+    patience, epoch = tc.early_stop_patience, state.history[-1].epoch
+    if not patience:
+        return False
+    if tc.keep == "best":
+        if epoch - state.best_epoch >= patience:
+            log.info("no better epoch for %d epochs: stopping", patience)
+            return True
+        return False
+    start = state.history[0]
+    if start.epoch != 0 or epoch < patience:
+        return False  # keep="last" without a validated start: the schedule runs out
+    if any(h.val_map > start.val_map for h in state.history[1:]):
+        return False
+    log.info("no epoch beat the starting weights in %d epochs: stopping", patience)
+    return True
 
 
 def report_epoch(m: EpochMetrics, tc: TrainConfig, progress: Callable[[dict], None] | None):

@@ -272,7 +272,7 @@ def test_jobs_from_the_page_curves_activation_and_cancel(page, browser, stack, t
     assert page.get_attribute("#chart-loss polyline[data-series=train]", "data-points") == "2"
     assert "registered" in page.inner_text("#job-outcome")
     best = httpx.get(f"{stack['url']}/v1/jobs/{job_id}").json()["result"]["best_epoch"]
-    assert page.text_content("#chart-map text.mark") == f"best: epoch {best}"  # SVG text
+    assert page.text_content("#chart-map text.mark") == f"kept: epoch {best}"  # SVG text
     page.screenshot(path=SHOTS / "job.png", full_page=True)
     page.reload()  # the page keeps nothing of its own: a reload shows the same
     page.wait_for_selector("#job-status[data-status=succeeded]")

@@ -199,3 +199,11 @@ def test_a_gain_within_one_validation_objects_worth_is_not_promoted():
     assert decide(result(0.8886, 0.9048), spec, 400)[:2] == (True, True)
     assert decide(result(0.55, 0.81), spec, 40)[:2] == (True, True)
     assert decide(result(0.9, 0.8), spec, 400)[0] is False
+    # A job keeps its last epoch (the default): one that beat the base model on the way
+    # but not at the end registers nothing, and says both.
+    history = [EpochMetrics(0, {}, val_map=0.8), EpochMetrics(1, {}, val_map=0.85),
+               EpochMetrics(2, {}, val_map=0.78)]  # fmt: skip
+    assert spec.train.keep == "last"
+    register, _, why = decide(TrainResult(Path("last.pt"), Path("last.pt"), history, 0.78, 2),
+                              spec, 400)  # fmt: skip
+    assert not register and "last epoch 2" in why and "epoch 1 read 0.8500 on the way" in why

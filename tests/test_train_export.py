@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -257,6 +258,11 @@ def test_fine_tuning_controls_freeze_what_they_say(small_data, tmp_path):
     )
     r = train(cfg, tc, Data(X, L, X[:2], L[:2]), tmp_path / "b")
     assert [h.epoch for h in r.history] == [1, 2, 3]
+    # keep="last" keeps the schedule's end, whatever validation says (no baseline here,
+    # so no early stopping either).
+    tc = replace(tc, epochs=4, keep="last")
+    r = train(cfg, tc, Data(X, L, X[:2], L[:2]), tmp_path / "c")
+    assert r.best_epoch == 4 and r.best_checkpoint == r.last_checkpoint
 
 
 def test_training_input_is_the_inference_input():
@@ -324,6 +330,31 @@ def test_the_best_epoch_breaks_a_map_tie_on_validation_loss():
     assert not better(epoch(9, 1.0, 2.5), state)
     assert not better(epoch(9, 0.99, 0.1), state)  # mAP comes first
     assert better(epoch(1, 0.5, 9.0), Progress())  # the first epoch beats nothing
+
+
+def test_early_stopping_counts_from_the_best_or_from_the_start():
+    """keep="best" stops when no epoch has beaten the best for the patience; keep="last"
+    runs the schedule out once any epoch has beaten the starting weights (epoch 0), and
+    gives up only when none has."""
+    from model.train import EpochMetrics, Progress, stop_early
+
+    def run(maps: list[float], keep: str, best_epoch: int) -> Progress:
+        h = [EpochMetrics(n, {}, {"total": 1.0}, m) for n, m in enumerate(maps)]
+        return Progress(best_map=maps[best_epoch], best_epoch=best_epoch, history=h)
+
+    best, last = (
+        TrainConfig(keep="best", early_stop_patience=3),
+        TrainConfig(keep="last", early_stop_patience=3),
+    )
+    climbing_then_flat = [0.5, 0.6, 0.7, 0.69, 0.68, 0.69]  # epochs 0-5, best 2
+    assert stop_early(run(climbing_then_flat, "best", 2), best)
+    assert not stop_early(run(climbing_then_flat, "last", 5), last)
+    nowhere = [0.8, 0.7, 0.75, 0.79]  # no epoch beats the start (0.8)
+    assert stop_early(run(nowhere, "last", 3), last)
+    assert not stop_early(run(nowhere[:3], "last", 2), last)  # only 2 epochs so far
+    assert not stop_early(run(nowhere, "last", 3), TrainConfig(keep="last"))  # patience 0
+    with pytest.raises(ValueError, match="keep"):
+        TrainConfig(keep="first")
 
 
 @pytest.mark.parametrize("arch", ["tiny-yolov1", "fast-yolov1"])

@@ -54,17 +54,17 @@ function renderJob(job) {
   document.getElementById("job-speed").textContent = p.images_per_s ? `${p.images_per_s.toFixed(1)} images/s` : "–";
   const r = job.result;
   document.getElementById("job-outcome").textContent = job.error ? `Failed: ${job.error}` :
-    r ? r.reason : "–";  // the reason says the baseline, the best epoch and what was done
+    r ? r.reason : "–";  // the reason says the baseline, the kept epoch and what was done
   document.getElementById("job-cancel").disabled = !["queued", "running"].includes(job.status);
   const m = job.metrics || [];
   lineChart(document.getElementById("chart-loss"), [
     { name: "train", color: "#0b57d0", points: m.filter((e) => e.epoch > 0).map((e) => [e.epoch, e.train?.total ?? null]) },
     { name: "validation", color: "#e37400", points: m.map((e) => [e.epoch, e.val?.total ?? null]) },
   ]);
-  const best = r?.best_epoch ? { x: r.best_epoch, label: `best: epoch ${r.best_epoch}` } : null;
+  const kept = r?.best_epoch ? { x: r.best_epoch, label: `kept: epoch ${r.best_epoch}` } : null;
   lineChart(document.getElementById("chart-map"), [
     { name: "val mAP@0.5", color: "#146c2e", points: m.map((e) => [e.epoch, e.val_map ?? null]) },
-  ], { yMin: 0, yMax: 1, mark: best });
+  ], { yMin: 0, yMax: 1, mark: kept });
   const skipped = job.info?.skipped || [];
   document.getElementById("job-log").textContent = skipped.length ? skipped.join("\n") : "none";
 }
