@@ -198,6 +198,9 @@ def decide(result: TrainResult, spec: JobSpec, val_objects: int) -> tuple[bool, 
                 f"no epoch beat the base model on the validation split (base mAP@0.5 "
                 f"{base:.4f}, {kept}: {best:.4f})"
             )
+        last = result.history[-1].epoch
+        if last < spec.train.epochs:
+            what += f"; stopped early, at epoch {last} of {spec.train.epochs}"
         return False, False, f"{what}; nothing was registered and the served model is unchanged"
     margin = 1.0 / max(val_objects, 1)
     if not best - base > margin:

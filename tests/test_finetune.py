@@ -207,3 +207,4 @@ def test_a_gain_within_one_validation_objects_worth_is_not_promoted():
     register, _, why = decide(TrainResult(Path("last.pt"), Path("last.pt"), history, 0.78, 2),
                               spec, 400)  # fmt: skip
     assert not register and "last epoch 2" in why and "epoch 1 read 0.8500 on the way" in why
+    assert "stopped early, at epoch 2 of 80" in why  # spec.train.epochs is 80
