@@ -381,7 +381,7 @@ def run_finetune(
         trained_map = result.best_map
         result = keep_some_base(result, weights, spec.train, old, cfg, data)
         blended = (
-            f" (the best epoch's weights moved {spec.train.keep_base:.0%} of the way back to "
+            f" (the kept epoch's weights moved {spec.train.keep_base:.0%} of the way back to "
             f"the base model's: val mAP@0.5 {trained_map:.4f} -> {result.best_map:.4f})"
         )
     val_objects = sum(int((~d).sum()) for d in val_difficult(data))

@@ -135,7 +135,7 @@ def test_run_finetune_registers_a_version_with_a_rebuilt_head(tmp_path):
     else:
         assert meta["int8"].startswith("not registered: int8 mAP@0.5")
         assert not store.onnx_path(2, "int8").exists()
-    # The best epoch was blended back toward the base (keep_base), and the reason says so.
+    # The kept epoch was blended back toward the base (keep_base), and the reason says so.
     assert "moved 10% of the way back to the base model's" in out.reason
     # The same job again, in another store: the same weights, the new classes' too (their
     # starting weights are drawn from the job's seed, not from torch's per-process one).
