@@ -116,7 +116,7 @@ def keep_some_base(
     new: ModelConfig,
     data: Data,
 ) -> TrainResult:
-    """The best epoch's weights blended back toward ``start`` (:func:`blend`), saved as
+    """The kept epoch's weights blended back toward ``start`` (:func:`blend`), saved as
     ``blended.pt`` beside it and scored on the validation split: the result to judge."""
     ckpt = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)
     ckpt["model"] = blend(ckpt["model"], start, tc.keep_base, old, new)
