@@ -86,32 +86,26 @@ def trajectory(seed: int, epochs: int, base: Path) -> list[Row]:
     return rows
 
 
-def best_val(rows: list[Row], patience: int = 20) -> tuple[Row, int]:
-    """The previous default: the highest val mAP (a tie to the lower val loss), stopping
-    ``patience`` epochs after it."""
-    best = rows[1]
-    for r in rows[1:]:
-        if (r["val_map"], -r["val_loss"]) > (best["val_map"], -best["val_loss"]):
-            best = r
-        if r["epoch"] - best["epoch"] >= patience:
-            return best, r["epoch"]
-    return best, rows[-1]["epoch"]
+def best_by(key: Callable[[Row], tuple], patience: int = 20) -> Callable:
+    """The epoch with the highest ``key`` so far, stopping ``patience`` epochs after it."""
 
+    def rule(rows: list[Row]) -> tuple[Row, int]:
+        best = rows[1]
+        for r in rows[1:]:
+            if key(r) > key(best):
+                best = r
+            if r["epoch"] - best["epoch"] >= patience:
+                return best, r["epoch"]
+        return best, rows[-1]["epoch"]
 
-def lowest_val_loss(rows: list[Row], patience: int = 20) -> tuple[Row, int]:
-    best = rows[1]
-    for r in rows[1:]:
-        if r["val_loss"] < best["val_loss"]:
-            best = r
-        if r["epoch"] - best["epoch"] >= patience:
-            return best, r["epoch"]
-    return best, rows[-1]["epoch"]
+    return rule
 
 
 RULES: dict[str, Callable[[list[Row]], tuple[Row, int]]] = {
     "the last": lambda rows: (rows[-1], rows[-1]["epoch"]),
-    "best val mAP, patience 20": best_val,
-    "lowest val loss, patience 20": lowest_val_loss,
+    # the previous default: a tie in val mAP goes to the lower val loss
+    "best val mAP, patience 20": best_by(lambda r: (r["val_map"], -r["val_loss"])),
+    "lowest val loss, patience 20": best_by(lambda r: (-r["val_loss"],)),
 }
 
 
