@@ -44,13 +44,15 @@ class Detected:
 def prepare(data: bytes, model: ServedModel, max_pixels: int) -> Prepared:
     """Decode only the pixels the network needs (``decode_for_size``), then resize."""
     t0 = time.perf_counter()
-    img, (w, h) = decode_for_size(
+    img, (w, h), decoded = decode_for_size(
         data, model.cfg.input_size, max_pixels=max_pixels, formats=SUPPORTED_FORMATS
     )
     t1 = time.perf_counter()
     arr = model.detector.preprocess(img)
     del img
-    after_image(w * h)  # the full decode, where there was one, is garbage by now
+    # The decoded pixels, not the photo's: a 12 MP JPEG decodes at 1/8 (0.2 MP), and a
+    # trim after it cost the model's next run 2.5-3 ms of page faults for nothing.
+    after_image(decoded)
     return Prepared(w, h, arr, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000)
 
 

@@ -71,7 +71,7 @@ def main() -> None:
     )
     items = photo_sized_scenes(240)
     full = decode_map(det, items, decode_image)
-    at_size = decode_map(det, items, lambda data: decode_for_size(data, size)[0])
+    at_size = decode_map(det, items, lambda data: decode_for_size(data, size).image)
     log.info(
         "decode at the size needed (%g x the input) vs the full decode: mAP@0.5 on 240 "
         "held-out scenes (80 of them 12 MP JPEGs) %.4f vs %.4f (%+.4f; target within 0.005)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -33,18 +34,26 @@ def decode_image(
     return _finish(_open(data, max_pixels, formats))
 
 
+class AtSize(NamedTuple):
+    """What :func:`decode_for_size` decoded."""
+
+    image: Image.Image  # RGB, shrunk toward the network's input size
+    size: tuple[int, int]  # the original (width, height) after EXIF orientation
+    decoded_pixels: int  # the pixels decoded before shrinking (a JPEG: at its DCT scale)
+
+
 def decode_for_size(
     data: bytes,
     size: int,
     *,
     max_pixels: int | None = None,
     formats: tuple[str, ...] | None = None,
-) -> tuple[Image.Image, tuple[int, int]]:
+) -> AtSize:
     """Like :func:`decode_image`, but only as many pixels as a ``size`` x ``size``
     network input needs: JPEG decodes at the smallest DCT scale (1/2, 1/4, 1/8) that
     keeps both sides at least :data:`REDUCE_GAP` x ``size``; other formats are shrunk
-    by the largest whole factor that does. Returns the RGB image and the original
-    ``(width, height)`` after EXIF orientation, the frame that boxes are reported in."""
+    by the largest whole factor that does. Boxes are reported in ``size``, the frame
+    of the image as sent."""
     img = _open(data, max_pixels, formats)
     w, h = img.size
     keep = round(REDUCE_GAP * size)  # the final resize still averages over a few pixels
@@ -53,10 +62,11 @@ def decode_for_size(
     if _transposed(img):
         w, h = h, w
     out = _finish(img)
+    decoded = out.width * out.height
     factor = min(out.width // keep, out.height // keep)
     if factor >= 2:
         out = out.reduce(factor)
-    return out, (w, h)
+    return AtSize(out, (w, h), decoded)
 
 
 # Decode to at least this many times the network's input size. bench_infer.py measures

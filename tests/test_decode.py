@@ -42,9 +42,12 @@ def test_reduced_decode_finds_the_full_decodes_boxes(det, fmt, save):
     for seed in range(6):
         data, labels = _big(seed, fmt, **save)
         full = decode_image(data)
-        small, (w, h) = decode_for_size(data, det.cfg.input_size)
+        small, (w, h), decoded = decode_for_size(data, det.cfg.input_size)
         assert (w, h) == full.size == (4000, 3000)
         assert min(small.size) >= det.cfg.input_size and small.width < 4000
+        # What the API's memory trim goes by (app.memory): a JPEG decodes at 1/8
+        # (500x375), so no trim follows it; a PNG decodes whole, and one does.
+        assert decoded == (500 * 375 if fmt == "JPEG" else 4000 * 3000)
         a, b = _boxes(det, full, *full.size), _boxes(det, small, w, h)
         assert sorted(x[0] for x in a) == sorted(x[0] for x in b), (seed, a, b)
         for cls, *box in a:  # each box against the nearest of its class
@@ -65,7 +68,7 @@ def test_exif_rotated_photo_keeps_its_orientation():
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90, exif=exif)
     full = decode_image(buf.getvalue())
-    small, size = decode_for_size(buf.getvalue(), 224)
+    small, size, _ = decode_for_size(buf.getvalue(), 224)
     assert full.size == size == (3000, 4000)
     assert small.height > small.width
     ref = np.asarray(full.resize(small.size, Image.BILINEAR), dtype=float)
@@ -79,7 +82,7 @@ def test_camera_mpo_decodes_its_first_frame():
     first.save(buf, format="MPO", save_all=True, append_images=[second])
     for img in (
         decode_image(buf.getvalue(), formats=("JPEG",)),
-        decode_for_size(buf.getvalue(), 224, formats=("JPEG",))[0],
+        decode_for_size(buf.getvalue(), 224, formats=("JPEG",)).image,
     ):
         assert np.asarray(img)[..., 0].mean() > 150
 
