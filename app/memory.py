@@ -28,7 +28,7 @@ _trim = _libc_trim()
 
 
 def after_image(pixels: int) -> None:
-    """Call once a decoded image of ``pixels`` pixels is no longer referenced. Not
-    for nothing: the model's next run pays for a trim in page faults (2-3 ms)."""
+    """Call once a decoded image of ``pixels`` pixels is no longer referenced. Only
+    large ones trim: the model's next run pays for a trim in page faults (2-3 ms)."""
     if _trim is not None and pixels >= TRIM_PIXELS:
         _trim(0)

@@ -52,8 +52,8 @@ def decode_for_size(
     """Like :func:`decode_image`, but only as many pixels as a ``size`` x ``size``
     network input needs: JPEG decodes at the smallest DCT scale (1/2, 1/4, 1/8) that
     keeps both sides at least :data:`REDUCE_GAP` x ``size``; other formats are shrunk
-    by the largest whole factor that does. Boxes are reported in ``size``, the frame
-    of the image as sent."""
+    by the largest whole factor that does. The result's ``size`` is the frame that
+    boxes are reported in."""
     img = _open(data, max_pixels, formats)
     w, h = img.size
     keep = round(REDUCE_GAP * size)  # the final resize still averages over a few pixels
