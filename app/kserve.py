@@ -516,7 +516,7 @@ async def run_infer(state: AppState, model: ServedModel, req: InferRequest) -> n
 
         def call() -> np.ndarray:
             ran.append(time.perf_counter())
-            grid = model.detector.run_tensor(x)
+            grid = model.run_tensor(x)
             ran.append(time.perf_counter())
             return grid
 

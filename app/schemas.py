@@ -219,6 +219,12 @@ class ModelInfo(BaseModel):
         description="one-thread sessions that run concurrent images side by side on the "
         "CPU (YOLOV1_CPU_LANES); 0: they are micro-batched",
     )
+    batch_buckets: list[int] | None = Field(
+        None,
+        description="the batch sizes that each have a session of their own, every batch "
+        "padded to the next (YOLOV1_BATCH_BUCKETS; by default on a GPU provider); null: "
+        "one session takes every size",
+    )
 
 
 class ModelsResponse(BaseModel):

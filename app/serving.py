@@ -7,13 +7,14 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from model.infer import OnnxDetector
+from model.infer import GPU_PROVIDERS, OnnxDetector
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,32 @@ class ServedModel:
     # flight, each run beside the others (``Settings.cpu_lanes``); None: micro-batch.
     lanes: queue.SimpleQueue[OnnxDetector] | None = None
     lane_count: int = 0
+    # On a GPU provider, one session per batch size (``bucket_sizes``), each fed only
+    # its own size: ONNX Runtime's CUDA provider chooses its convolution algorithms
+    # again whenever a session's input shape differs from its last run, and batches of
+    # 1 to 8 in turn took 69 ms a run on an H200 against 0.4-0.9 ms at a fixed size
+    # (README). None: one session takes every size (the CPU provider has no such cost).
+    buckets: dict[int, OnnxDetector] | None = None
 
     @property
     def cfg(self):
         return self.detector.cfg
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.detector.run(batch)
+        """``(N, size, size, 3)`` uint8 -> ``(N, S, S, 5B + C)``."""
+        if self.buckets is None or not len(batch):
+            return self.detector.run(batch)
+        return run_bucketed(self.buckets, batch, OnnxDetector.run)
+
+    def run_tensor(self, x: np.ndarray) -> np.ndarray:
+        """The network input as it is, ``(N, 3, size, size)`` float32 -> ``(N, S, S, 5B + C)``."""
+        if self.buckets is None or not len(x):
+            return self.detector.run_tensor(x)
+        return run_bucketed(self.buckets, x, OnnxDetector.run_tensor)
 
     def run_alone(self, batch: np.ndarray) -> np.ndarray:
+        if self.buckets is not None:
+            return self.run(batch)
         return (self.alone or self.detector).run(batch)
 
     def run_lane(self, batch: np.ndarray) -> np.ndarray:
@@ -77,7 +95,45 @@ class ServedModel:
             "calibration": meta.get("calibration"),
             "warmup_ms": self.warmup_ms,
             "cpu_lanes": self.lane_count,
+            "batch_buckets": sorted(self.buckets) if self.buckets else None,
         }
+
+
+def bucket_sizes(max_batch: int) -> list[int]:
+    """The batch sizes that get a session of their own: the powers of two below
+    ``max_batch``, then ``max_batch`` (8: ``[1, 2, 4, 8]``; 6: ``[1, 2, 4, 6]``), so
+    that padding at most doubles a batch."""
+    sizes = [1 << k for k in range(max_batch.bit_length()) if 1 << k < max_batch]
+    return [*sizes, max_batch]
+
+
+def bucket_plan(n: int, sizes: list[int]) -> list[tuple[int, int]]:
+    """``n`` images as runs of ``(images, bucket size)``: whole runs of the largest
+    bucket, then the rest in the smallest bucket that holds it (``n`` 11, sizes
+    ``[1, 2, 4, 8]``: ``[(8, 8), (3, 4)]``; ``n`` 0: ``[]``)."""
+    largest = max(sizes)
+    plan = [(largest, largest)] * (n // largest)
+    if rest := n % largest:
+        plan.append((rest, min(b for b in sizes if b >= rest)))
+    return plan
+
+
+def run_bucketed(
+    buckets: dict[int, OnnxDetector],
+    batch: np.ndarray,
+    run: Callable[[OnnxDetector, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """``run`` a batch ``(N, ...)`` on the bucket sessions, each at its own size (the
+    last run padded with zeros, its padding's output dropped) -> ``(N, S, S, 5B + C)``."""
+    out, start = [], 0
+    for count, size in bucket_plan(len(batch), sorted(buckets)):
+        part = batch[start : start + count]
+        if count < size:
+            pad = np.zeros((size - count, *part.shape[1:]), part.dtype)
+            part = np.concatenate([part, pad])
+        out.append(run(buckets[size], part)[:count])
+        start += count
+    return out[0] if len(out) == 1 else np.concatenate(out)
 
 
 # YOLOV1_PRECISION=auto serves int8 only when it is at least this much faster: below
@@ -131,10 +187,13 @@ def load_served_model(
     batcher_sizes: list[int] = (),
     precision: str = "fp32",
     lanes: int = 0,
+    buckets: bool | None = None,
 ) -> ServedModel:
     """Build the sessions and run them once per served batch size before they take
     traffic: ``warmup_batch_sizes``, and ``batcher_sizes`` (those the micro-batcher can
     form) unless ``lanes`` take concurrent images instead (the CPU provider).
+    ``buckets``: a session per batch size (:func:`bucket_sizes` of the largest size
+    served); None: on a GPU provider only.
 
     Raises ``ValueError`` (or ONNX Runtime's error) for a corrupt or mismatching model.
     """
@@ -155,10 +214,20 @@ def load_served_model(
         served.lane_count = lanes
     if served.lanes is None:
         warmup_batch_sizes = [*warmup_batch_sizes, *batcher_sizes]
+    if buckets is None:
+        buckets = det.provider in GPU_PROVIDERS
+    if buckets:
+        sizes = bucket_sizes(max(warmup_batch_sizes))
+        served.buckets = {1: alone}
+        for n in sizes[1:]:
+            served.buckets[n] = OnnxDetector(
+                path, providers=providers, intra_op_threads=intra_op_threads, spin=False
+            )
+        warmup_batch_sizes = sizes  # each session's one shape; other sizes pad to them
     size = det.cfg.input_size
     for n in sorted(set(warmup_batch_sizes)):
         t0 = time.perf_counter()
-        out = det.run(np.zeros((n, size, size, 3), np.uint8))
+        out = served.run(np.zeros((n, size, size, 3), np.uint8))
         if out.shape != (n, det.cfg.S, det.cfg.S, det.cfg.channels) or not np.isfinite(out).all():
             raise ValueError(f"{path}: warm-up output {out.shape} is not a valid grid")
         served.warmup_ms[n] = round((time.perf_counter() - t0) * 1000, 2)
@@ -256,6 +325,7 @@ class ModelManager:
             batcher_sizes=list(range(1, s.batch_max + 1)),
             precision=precision,
             lanes=s.lanes,
+            buckets=s.batch_buckets,
         )
         served.precision_reason = reason
         return served

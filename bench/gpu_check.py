@@ -2,8 +2,9 @@
 ratios, each against a baseline measured in the same run.
 
 - Detect: the default model under ONNX Runtime's CUDA provider (and TensorRT's, where
-  this build has it) against its CPU provider: batch 1 and 8 latency, the largest grid
-  difference, and mAP@0.5 on 300 held-out images, which must agree within 0.002.
+  TensorRT's libraries are installed) against its CPU provider: batch 1 and 8 latency,
+  the largest grid difference, and mAP@0.5 on 300 held-out images, which must agree
+  within 0.002.
 - Train: images/s of fp32 eager against the trainer's configuration (bf16 autocast and
   channels_last) on CUDA, and the CUDA trainer against the CPU trainer; then a short
   fine-tune through ``model.train.train`` on CUDA, which must end with finite losses.
@@ -41,6 +42,10 @@ def check_detect(providers: list[str]) -> bool:
     cpu_map = _map_with(cpu, held_out)
     ok = True
     for name in providers:
+        if name == "TensorrtExecutionProvider" and not _tensorrt_installed():
+            # onnxruntime-gpu always lists it; without TensorRT it would fall back to the CPU
+            log.info("%s: TensorRT's libraries (libnvinfer) are not installed; skipped", name)
+            continue
         try:
             det = OnnxDetector(DEFAULT_MODEL, providers=[name, "CPUExecutionProvider"])
         except Exception as exc:  # a provider that cannot start (TensorRT libraries missing)
@@ -63,7 +68,47 @@ def check_detect(providers: list[str]) -> bool:
             name, g1 * 1e3, c1 / g1, g8 * 1e3 / 8, c8 / g8, diff, gpu_map, cpu_map,
             "ok" if good else "FAILED",
         )  # fmt: skip
+        ok &= check_mixed_batches(name, x1, g8)
     return ok
+
+
+def check_mixed_batches(provider: str, x1: np.ndarray, fixed8_s: float) -> bool:
+    """Batches of 1 to 8 in turn, as the micro-batcher forms them: one session against
+    the API's served model (a session per batch size on a GPU provider). Passes when
+    the served model's mean run is within 3x a fixed batch of 8."""
+    from app.serving import load_served_model
+    from model.infer import OnnxDetector
+
+    sizes = np.random.default_rng(1).integers(1, 9, 80).tolist()
+    batches = {n: np.repeat(x1, n, 0) for n in range(1, 9)}
+    providers = [provider, "CPUExecutionProvider"]
+    one = OnnxDetector(DEFAULT_MODEL, providers=providers)
+    served = load_served_model(DEFAULT_MODEL, version=1, providers=providers, batcher_sizes=[8])
+    means = {}
+    for label, run in (("one session", one.run), ("served (buckets)", served.run)):
+        it = iter(sizes * 2)
+        times = timed(lambda r=run, i=it: r(batches[next(i)]), len(sizes), warmup=len(sizes))
+        means[label] = sum(times) / len(times)
+    good = means["served (buckets)"] <= 3 * fixed8_s
+    log.info(
+        "%s, batch sizes 1-8 in turn: one session %.2f ms a run, the served model %.2f ms "
+        "(buckets %s), a fixed batch of 8 %.2f ms  %s",
+        provider, means["one session"] * 1e3, means["served (buckets)"] * 1e3,
+        sorted(served.buckets or []), fixed8_s * 1e3, "ok" if good else "FAILED",
+    )  # fmt: skip
+    return good
+
+
+def _tensorrt_installed() -> bool:
+    import ctypes
+
+    for lib in ("libnvinfer.so.10", "libnvinfer.so"):
+        try:
+            ctypes.CDLL(lib)
+            return True
+        except OSError:
+            pass
+    return False
 
 
 def _map_with(det, ds) -> float:

@@ -6,7 +6,9 @@ the same numbers.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ from PIL import Image
 from model.boxes import decode_predictions
 from model.config import ModelConfig
 from model.preprocess import resize_uint8, to_input
+
+log = logging.getLogger(__name__)
 
 METADATA_KEY = "yolov1_config"
 # Where a model carries no calibration (``yolov1 calibrate``), detections need this score.
@@ -51,6 +55,26 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+@functools.cache
+def preload_gpu_libraries() -> None:
+    """Load CUDA and cuDNN from the ``nvidia-*`` wheels beside ``onnxruntime-gpu``
+    (``pip install onnxruntime-gpu[cuda,cudnn]``) before a GPU session starts. An
+    ``import torch`` would load them, but the API never imports torch, and without them
+    the CUDA provider fails to start and ONNX Runtime falls back to the CPU with only a
+    log line. Libraries on the loader's path (a CUDA install, ``LD_LIBRARY_PATH``) need
+    none of this; ONNX Runtime before 1.21 has no ``preload_dlls``."""
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # a broken install: the session's own error says more
+            log.warning("onnxruntime.preload_dlls() failed: %s", exc)
+
+
 @dataclass
 class Detection:
     class_id: int
@@ -81,12 +105,15 @@ class OnnxDetector:
             # Idle ORT threads spin-wait by default, taking the cores that decoding,
             # the event loop and other processes need between runs.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(self.path), sess_options=opts, providers=providers or default_providers()
-        )
+        providers = providers or default_providers()
+        if any(p in GPU_PROVIDERS for p in providers):
+            preload_gpu_libraries()
+        self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         self.metadata = read_metadata(self.path, self.session)
         self.cfg = ModelConfig.from_dict(self.metadata["model_config"])
         self.provider = self.session.get_providers()[0]
+        if self.provider != providers[0]:
+            log.warning("%s: asked for %s, running on %s", self.path, providers[0], self.provider)
         self.input_name = self.session.get_inputs()[0].name
         expected = ("N", self.cfg.S, self.cfg.S, self.cfg.channels)
         out_shape = self.session.get_outputs()[0].shape

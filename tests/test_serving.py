@@ -181,3 +181,41 @@ def test_a_failed_image_cancels_the_rest_of_its_request():
         return other.cancelled() and not finished.is_set(), ok == [2, 3]
 
     assert asyncio.run(go()) == (True, True)
+
+
+def test_bucket_sizes_and_plans():
+    from app.serving import bucket_plan, bucket_sizes
+
+    assert bucket_sizes(1) == [1] and bucket_sizes(8) == [1, 2, 4, 8]
+    assert bucket_sizes(6) == [1, 2, 4, 6] and bucket_sizes(16) == [1, 2, 4, 8, 16]
+    sizes = [1, 2, 4, 8]
+    assert bucket_plan(0, sizes) == [] and bucket_plan(1, sizes) == [(1, 1)]
+    assert bucket_plan(3, sizes) == [(3, 4)] and bucket_plan(8, sizes) == [(8, 8)]
+    assert bucket_plan(11, sizes) == [(8, 8), (3, 4)]
+    assert bucket_plan(17, sizes) == [(8, 8), (8, 8), (1, 1)]
+    for n in range(40):  # every image in exactly one run, no run over its bucket
+        plan = bucket_plan(n, [1, 2, 4, 6])
+        assert sum(c for c, _ in plan) == n and all(0 < c <= b for c, b in plan)
+
+
+def test_batch_buckets_give_the_grids_of_one_session(served):
+    """A session per batch size (as on a GPU provider), every batch padded to the next
+    size: each image's grid is the one the single session gives it, for every batch
+    size up to past the largest bucket, through both the image and the tensor path."""
+    from model.preprocess import to_input
+
+    bucketed = load_served_model(
+        DEFAULT_MODEL, version=1, intra_op_threads=1, batcher_sizes=[1, 2, 3, 4, 5, 6],
+        buckets=True,
+    )  # fmt: skip
+    assert sorted(bucketed.buckets) == [1, 2, 4, 6]
+    assert bucketed.describe()["batch_buckets"] == [1, 2, 4, 6]
+    assert sorted(bucketed.warmup_ms) == [1, 2, 4, 6] and served.buckets is None
+    images = np.stack(_images(13, served.cfg.input_size, seed=5))
+    for n in (0, 1, 3, 5, 6, 7, 13):
+        ref = served.run(images[:n])
+        got = bucketed.run(images[:n])
+        assert got.shape == ref.shape and np.allclose(got, ref, atol=1e-4), n
+        x = to_input(images[:n], served.cfg)
+        assert np.allclose(bucketed.run_tensor(x), ref, atol=1e-4), n
+    assert np.allclose(bucketed.run_alone(images[:1]), served.run(images[:1]), atol=1e-4)
