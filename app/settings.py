@@ -60,9 +60,8 @@ class Settings(BaseSettings):
     # decoding one image beside another's inference keeps every core busy. Unset: one
     # more than the cores (3 on 2 cores beat 2 and 4); 0: micro-batch as on a GPU.
     cpu_lanes: int | None = Field(None, ge=0, le=64)
-    # A session per batch size (1, 2, 4, ... batch_max), each batch padded to the next:
-    # on the CUDA provider a session whose input shape changes between runs chooses its
-    # convolution algorithms again, 69 ms a run on an H200. Unset: on a GPU provider.
+    # A session per batch size (1, 2, 4, ... batch_max), each batch padded to the next
+    # (app.serving.ServedModel.buckets says why). Unset: on a GPU provider only.
     batch_buckets: bool | None = None
     log_level: str = "info"
 
