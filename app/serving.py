@@ -218,8 +218,9 @@ def load_served_model(
         buckets = det.provider in GPU_PROVIDERS
     if buckets:
         sizes = bucket_sizes(max(warmup_batch_sizes))
-        served.buckets = {1: alone}
-        for n in sizes[1:]:
+        # the lone image's session takes size 1, the batches' the largest
+        served.buckets = {1: alone, sizes[-1]: det} if len(sizes) > 1 else {1: alone}
+        for n in sizes[1:-1]:
             served.buckets[n] = OnnxDetector(
                 path, providers=providers, intra_op_threads=intra_op_threads, spin=False
             )

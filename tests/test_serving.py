@@ -209,6 +209,7 @@ def test_batch_buckets_give_the_grids_of_one_session(served):
         buckets=True,
     )  # fmt: skip
     assert sorted(bucketed.buckets) == [1, 2, 4, 6]
+    assert bucketed.buckets[1] is bucketed.alone and bucketed.buckets[6] is bucketed.detector
     assert bucketed.describe()["batch_buckets"] == [1, 2, 4, 6]
     assert sorted(bucketed.warmup_ms) == [1, 2, 4, 6] and served.buckets is None
     images = np.stack(_images(13, served.cfg.input_size, seed=5))
