@@ -39,9 +39,9 @@ class ServedModel:
     lane_count: int = 0
     # On a GPU provider, one session per batch size (``bucket_sizes``), each fed only
     # its own size: ONNX Runtime's CUDA provider chooses its convolution algorithms
-    # again whenever a session's input shape differs from its last run, and batches of
-    # 1 to 8 in turn took 69 ms a run on an H200 against 0.4-0.9 ms at a fixed size
-    # (README). None: one session takes every size (the CPU provider has no such cost).
+    # again whenever a session's input shape differs from its last run, which made
+    # batches of 1 to 8 in turn a hundred times slower than any fixed size (README, "On
+    # a GPU"). None: one session takes every size (the CPU provider has no such cost).
     buckets: dict[int, OnnxDetector] | None = None
 
     @property

@@ -61,11 +61,11 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 @functools.cache
 def preload_gpu_libraries() -> None:
     """Load CUDA and cuDNN from the ``nvidia-*`` wheels beside ``onnxruntime-gpu``
-    (``pip install onnxruntime-gpu[cuda,cudnn]``) before a GPU session starts. An
-    ``import torch`` would load them, but the API never imports torch, and without them
-    the CUDA provider fails to start and ONNX Runtime falls back to the CPU with only a
-    log line. Libraries on the loader's path (a CUDA install, ``LD_LIBRARY_PATH``) need
-    none of this; ONNX Runtime before 1.21 has no ``preload_dlls``."""
+    (``pip install onnxruntime-gpu[cuda,cudnn]``) before a GPU session starts, as ONNX
+    Runtime documents for a process that does not ``import torch`` first (the API never
+    does): where its CUDA provider cannot find them it falls back to the CPU with only a
+    log line. (1.31 found them on its own on an H200; earlier versions need this.)
+    ONNX Runtime before 1.21 has no ``preload_dlls``."""
     import onnxruntime as ort
 
     if hasattr(ort, "preload_dlls"):
