@@ -64,7 +64,7 @@ def preload_gpu_libraries() -> None:
     (``pip install onnxruntime-gpu[cuda,cudnn]``) before a GPU session starts, as ONNX
     Runtime documents for a process that does not ``import torch`` first (the API never
     does): where its CUDA provider cannot find them it falls back to the CPU with only a
-    log line. (1.31 found them on its own on an H200; earlier versions need this.)
+    log line. (1.31 found them on its own on an H200; loading them again costs nothing.)
     ONNX Runtime before 1.21 has no ``preload_dlls``."""
     import onnxruntime as ort
 
