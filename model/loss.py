@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
+from model.devices import host_to_device
 from model.loss_core import ConfidenceTarget, LossConfig, LossResult, Reduction, compute_loss
 
 __all__ = ["LossResult", "yolo_loss"]
@@ -35,8 +37,9 @@ def yolo_loss(
     device = predictions.device
 
     def as_array(a, wide: bool = False):  # NumPy targets -> tensors beside the predictions
-        t = torch.as_tensor(a, device=device)
-        return t.to(torch.float64 if wide else dtype) if t.is_floating_point() else t
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = t.to(torch.float64 if wide else dtype) if t.is_floating_point() else t
+        return host_to_device(t, device)
 
     with torch.autocast(device_type=device.type, enabled=False):
         return compute_loss(
