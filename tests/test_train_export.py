@@ -274,6 +274,8 @@ def test_training_input_is_the_inference_input():
     ref = torch.from_numpy(to_input(X, cfg))
     for channels_last in (True, False):
         assert torch.equal(to_tensor(X, cfg, channels_last), ref)
+        # For a GPU the batch goes as a uint8 tensor and is converted where it lands.
+        assert torch.equal(to_tensor(torch.from_numpy(X), cfg, channels_last), ref)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
@@ -296,6 +298,31 @@ def test_batches_are_the_same_whatever_the_number_of_workers(small_data, channel
     finally:
         one.close()
         three.close()
+
+
+def test_batches_for_a_device_go_as_uint8_and_labels_stay_on_the_cpu(small_data):
+    """Off the CPU the threads leave images uint8 and the network input is made on the
+    device (``meta`` here: shapes, dtype and layout, no values, as no GPU is at hand);
+    labels stay where the loss builds its targets."""
+    from model.train import Batches
+
+    X, L = small_data
+    tc = TrainConfig(epochs=1, batch_size=5, channels_last=True, seed=3)
+    cpu, meta = (
+        Batches(Data(X, L, X, L), _cfg(), tc, workers=2, device=torch.device(d))
+        for d in ("cpu", "meta")
+    )
+    try:
+        i1, x1, l1 = cpu.get(0, 0)
+        i2, x2, l2 = meta.get(0, 0)
+        assert np.array_equal(i1, i2)
+        assert x2.device.type == "meta" and x2.dtype == torch.float32 and x2.shape == x1.shape
+        assert x2.is_contiguous(memory_format=torch.channels_last)
+        assert all(lab.device.type == "cpu" for lab in l2)
+        assert all(torch.equal(a, b) for a, b in zip(l1, l2, strict=True))
+    finally:
+        cpu.close()
+        meta.close()
 
 
 def test_the_bf16_choice_is_timed_once_and_leaves_the_random_state_alone():
