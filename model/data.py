@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from model.preprocess import resize_uint8
+from model.preprocess import finish_decode, resize_uint8
 from model.targets import MIN_TRAINED_SIZE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -609,10 +609,11 @@ def shapes_dataset(
 def load_image(record: Record) -> Image.Image:
     if record.image is not None:
         return record.image
+    # As serving decodes (transparency on white): an RGBA drawing's transparent pixels
+    # store any colour, black as often as not, and a model trained on that colour
+    # would meet white at detection.
     with Image.open(record.image_path) as im:
-        from PIL import ImageOps
-
-        return ImageOps.exif_transpose(im).convert("RGB")
+        return finish_decode(im)
 
 
 def to_arrays(

@@ -31,7 +31,7 @@ def decode_image(
     :class:`ImageTooLargeError` for images over ``max_pixels`` (checked from
     the header, before the pixels are decoded).
     """
-    return _finish(_open(data, max_pixels, formats))
+    return finish_decode(_open(data, max_pixels, formats))
 
 
 class AtSize(NamedTuple):
@@ -61,7 +61,7 @@ def decode_for_size(
         img.draft(img.mode, (keep, keep))
     if _transposed(img):
         w, h = h, w
-    out = _finish(img)
+    out = finish_decode(img)
     decoded = out.width * out.height
     factor = min(out.width // keep, out.height // keep)
     if factor >= 2:
@@ -111,8 +111,10 @@ def _open(data: bytes, max_pixels: int | None, formats: tuple[str, ...] | None) 
     return img
 
 
-def _finish(img: Image.Image) -> Image.Image:
-    """Load the pixels, apply the EXIF orientation, composite transparency on white."""
+def finish_decode(img: Image.Image) -> Image.Image:
+    """Load the pixels of an opened image, apply the EXIF orientation, composite
+    transparency on white: the RGB image the network is shown, in serving and in
+    training alike (raises :class:`ImageDecodeError` for a truncated or corrupt file)."""
     try:
         with warnings.catch_warnings():
             # Past max_pixels we refuse above; PIL's own bomb warning is noise here.

@@ -486,3 +486,34 @@ def test_network_input_is_the_arithmetic_and_the_trainers_own():
     assert got.shape == (2, 3, 16, 16) and got.dtype == np.float32 and got.flags.c_contiguous
     assert np.array_equal(got, want)
     assert np.array_equal(to_tensor(batch, cfg, channels_last=False).numpy(), want)
+
+
+def test_training_reads_an_image_as_detection_does(tmp_path):
+    """A drawing on a transparent canvas (its transparent pixels storing black, as
+    drawing programs leave them), a grey one with alpha and an EXIF-rotated JPEG: a job
+    trains on the pixels that detection will be shown, not on the stored colour."""
+    from pathlib import Path
+
+    from model.data import Record, load_image
+    from model.preprocess import decode_image
+
+    rgba = Image.new("RGBA", (120, 80), (0, 0, 0, 0))
+    ImageDraw.Draw(rgba).ellipse((10, 10, 60, 60), fill=(200, 30, 30, 255))
+    rgba.save(tmp_path / "drawing.png")
+    rgba.convert("LA").save(tmp_path / "grey.png")
+    rotated = Image.new("RGB", (120, 80), (0, 90, 200))
+    ImageDraw.Draw(rotated).rectangle((0, 0, 30, 20), fill=(250, 250, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    rotated.save(tmp_path / "rotated.jpg", exif=exif)
+    for name in ("drawing.png", "grey.png", "rotated.jpg"):
+        path = Path(tmp_path / name)
+        record = Record(path, np.zeros((0, 5)), np.zeros(0, bool))
+        trained = np.asarray(load_image(record))
+        served = np.asarray(decode_image(path.read_bytes()))
+        assert trained.shape == served.shape and np.array_equal(trained, served), name
+    drawing = np.asarray(load_image(Record(tmp_path / "drawing.png", np.zeros((0, 5)), [])))
+    assert drawing[0, 0].tolist() == [255, 255, 255]  # the canvas, on white
+    assert np.asarray(load_image(Record(tmp_path / "rotated.jpg", np.zeros((0, 5)), []))).shape[
+        :2
+    ] == (120, 80)
