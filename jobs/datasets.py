@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.store import JobStore
+from model.preprocess import IMAGE_SUFFIXES
 
 
 class DatasetError(ValueError):
@@ -57,9 +58,6 @@ def resolve_dataset(ref: dict[str, Any], store: JobStore, data_root: Path) -> Da
             "nothing to train on"
         )
     return DatasetLocation(fmt, target)
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def has_an_image(folder: Path, budget: int = 200_000) -> bool:

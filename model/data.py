@@ -21,10 +21,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from model.preprocess import finish_decode, resize_uint8
+from model.preprocess import IMAGE_SUFFIXES, finish_decode, resize_uint8
 from model.targets import MIN_TRAINED_SIZE
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass

@@ -17,8 +17,24 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image this service can read."""
 
 
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
-HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif")
+def _reads_avif() -> bool:
+    from PIL import features
+
+    return bool(features.check("avif"))  # Pillow 11.2 and later, in its wheels
+
+
+# What detection takes, and the image files a data set is read from: AVIF (what many
+# web sites serve, so what people save from them) where this Pillow reads it.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP") + (("AVIF",) if _reads_avif() else ())
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp") + (
+    (".avif",) if "AVIF" in SUPPORTED_FORMATS else ()
+)
+FORMAT_NAMES = ", ".join({"WEBP": "WebP"}.get(f, f) for f in SUPPORTED_FORMATS)  # for messages
+# HEIF's major brands (ISO BMFF ``ftyp``): a file of these that Pillow cannot open is
+# named as what it is. AVIF is HEIF too (``avif``; ``mif1`` fits either).
+HEIF_BRANDS = (
+    b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"
+)  # fmt: skip
 
 
 def decode_image(
@@ -88,17 +104,15 @@ def _transposed(img: Image.Image) -> bool:
 def _open(data: bytes, max_pixels: int | None, formats: tuple[str, ...] | None) -> Image.Image:
     if not data:
         raise ImageDecodeError("empty image")
-    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
-        raise UnsupportedFormatError(
-            "HEIC/HEIF images (what iPhones write by default) are not supported; "
-            "send JPEG, PNG, WebP or BMP (most phones can share a photo as JPEG)"
-        )
     try:
         img = Image.open(io.BytesIO(data), formats=None)
     except Exception as exc:  # PIL raises several types for bad data
-        raise ImageDecodeError(
-            "the data is not a readable image (send JPEG, PNG, WebP or BMP)"
-        ) from exc
+        if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+            raise UnsupportedFormatError(
+                "HEIC/HEIF images (what iPhones write by default) are not supported; "
+                f"send {FORMAT_NAMES} (most phones can share a photo as JPEG)"
+            ) from None
+        raise ImageDecodeError(f"the data is not a readable image (send {FORMAT_NAMES})") from exc
     if img.format == "MPO":  # what many phones write: a JPEG with more frames after it
         img.format = "JPEG"
     if formats is not None and img.format not in formats:

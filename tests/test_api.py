@@ -318,6 +318,28 @@ def test_unsupported_format_too_large_upload_and_bomb(client):
     assert client.get("/readyz").status_code == 200
 
 
+def test_avif_is_detected_as_the_same_picture_in_png(client):
+    """AVIF as the body and as a multipart file: the PNG's detections (the server's
+    Pillow reads AVIF); HEIC is a 415 that names it."""
+    s = make_sample(sample_seed(4242, 5), "easy")
+    big = s.image.resize((1200, 900), Image.BICUBIC)
+    encoded = {}
+    for fmt, opts in (("PNG", {}), ("AVIF", {"quality": 90})):
+        buf = io.BytesIO()
+        big.save(buf, format=fmt, **opts)
+        encoded[fmt] = buf.getvalue()
+    png = client.post("/v1/detect", files={"image": ("a.png", encoded["PNG"], "image/png")})
+    raw = client.post("/v1/detect", content=encoded["AVIF"], headers={"content-type": "image/avif"})
+    part = client.post("/v1/detect", files={"image": ("a.avif", encoded["AVIF"], "image/avif")})
+    assert png.status_code == raw.status_code == part.status_code == 200, raw.text
+    names = [[d["class_name"] for d in r.json()["detections"]] for r in (png, raw, part)]
+    assert names[0] and names[1] == names[2] == names[0], names
+    assert raw.json()["image"] == {"width": 1200, "height": 900}
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+    r = client.post("/v1/detect", content=heic, headers={"content-type": "image/heic"})
+    assert r.status_code == 415 and "HEIC" in r.json()["detail"]
+
+
 def _loss(client, **body):
     base = {"predictions": np.zeros((1, 7, 7, 15)).tolist(), "labels": [[]]}
     return client.post("/v1/loss", json={**base, **body})

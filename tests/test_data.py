@@ -59,6 +59,19 @@ def test_yolo_reader_reports_what_it_skips(tmp_path):
     assert "orphan.txt: missing image" in text
 
 
+def test_a_data_set_of_avif_images_reads_and_trains_as_detection_sees_it(tmp_path):
+    (tmp_path / "data.yaml").write_text("names: [cat]\n")
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (160, 120), (200, 40, 40)).save(tmp_path / "images" / "a.avif", quality=90)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.4\n")
+    ds = read_yolo(tmp_path)
+    assert [r.image_path.name for r in ds.records] == ["a.avif"]
+    assert ds.records[0].size == (160, 120)
+    X, L = to_arrays(ds, 32)
+    assert X.shape == (1, 32, 32, 3) and abs(int(X[0, ..., 0].mean()) - 200) <= 4
+
+
 def test_yolo_reader_classes_txt_and_list_names(tmp_path):
     (tmp_path / "classes.txt").write_text("a\nb\n")
     _img(tmp_path / "images" / "x.jpg")

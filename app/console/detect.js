@@ -75,8 +75,8 @@ async function detectFile(file) {
 }
 
 export async function addFiles(files) {
-  const images = [...files].filter((f) => f.type.startsWith("image/") || /\.(jpe?g|png|webp|bmp)$/i.test(f.name));
-  if (!images.length) { toast("Those are not images (JPEG, PNG, WebP or BMP)."); return; }
+  const images = [...files].filter((f) => f.type.startsWith("image/") || /\.(jpe?g|png|webp|bmp|avif)$/i.test(f.name));
+  if (!images.length) { toast("Those are not images (JPEG, PNG, WebP, BMP or AVIF)."); return; }
   const status = document.getElementById("drop-help");
   const old = status.innerHTML;
   status.textContent = `Detecting in ${images.length} image(s)…`;

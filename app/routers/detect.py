@@ -29,7 +29,7 @@ from app.settings import Settings
 from app.sources import decode_base64, fetch_image, fetch_limits
 from app.state import AppState, ModelDep, StateDep
 from model.infer import draw_detections
-from model.preprocess import decode_image
+from model.preprocess import SUPPORTED_FORMATS, decode_image
 
 router = APIRouter(prefix="/v1", tags=["detect"])
 RESULTS = TypeAdapter(list[DetectResult])
@@ -46,6 +46,7 @@ def _given(body_value: Any, query_value: Any) -> Any:
 
 
 IMAGE_BODY = {"type": "string", "format": "binary"}
+IMAGE_TYPES = [f"image/{f.lower()}" for f in SUPPORTED_FORMATS]  # image/jpeg ... image/avif
 OPENAPI_BODY = {
     "requestBody": {
         "required": True,
@@ -56,15 +57,10 @@ OPENAPI_BODY = {
                     "required": ["image"],
                     "properties": {"image": {"type": "array", "items": IMAGE_BODY}},
                 },
-                "encoding": {
-                    "image": {"contentType": "image/jpeg, image/png, image/webp, image/bmp"}
-                },
+                "encoding": {"image": {"contentType": ", ".join(IMAGE_TYPES)}},
             },
             "application/json": {"schema": {"$ref": "#/components/schemas/DetectRequest"}},
-            "image/jpeg": {"schema": IMAGE_BODY},
-            "image/png": {"schema": IMAGE_BODY},
-            "image/webp": {"schema": IMAGE_BODY},
-            "image/bmp": {"schema": IMAGE_BODY},
+            **{t: {"schema": IMAGE_BODY} for t in IMAGE_TYPES},
         },
     }
 }
