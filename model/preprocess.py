@@ -137,6 +137,8 @@ def finish_decode(img: Image.Image) -> Image.Image:
         # In place: the default copies the whole image even when nothing turns (12 MP:
         # ~20 ms and 36 MB more), and so does converting an image already RGB.
         ImageOps.exif_transpose(img, in_place=True)
+        if img.mode in WIDE_GREY:
+            img = _grey_to_8_bits(img)
         if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
             # Transparent pixels show as a viewer shows them (on white), not as
             # whatever colour they happen to store.
@@ -148,6 +150,20 @@ def finish_decode(img: Image.Image) -> Image.Image:
         raise ImageTooLargeError(str(exc)) from exc
     except Exception as exc:
         raise ImageDecodeError(f"the {img.format or 'image'} data is truncated or corrupt") from exc
+
+
+# Pillow's modes for 16-bit grey (a PNG of depth 16: what OpenCV writes for uint16, and
+# scientific and depth cameras); other 16-bit PNGs open as 8-bit RGB(A) or LA.
+WIDE_GREY = ("I;16", "I;16B", "I;16L", "I")
+
+
+def _grey_to_8_bits(img: Image.Image) -> Image.Image:
+    """16-bit grey -> ``L``, 0..65535 onto 0..255 as a viewer shows it. Pillow's own
+    conversion clips at 255: all but the darkest 1/256 of the range came out white.
+    A grey ``tRNS`` transparency level (rare at this depth) is dropped."""
+    wide = np.asarray(img, dtype=np.int64)  # (H, W)
+    narrow = (np.clip(wide, 0, 65535) + 128) // 257
+    return Image.fromarray(narrow.astype(np.uint8), "L")
 
 
 class ImageTooLargeError(ImageDecodeError):

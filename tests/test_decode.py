@@ -111,3 +111,25 @@ def test_avif_gives_the_boxes_of_the_same_picture_in_png(det):
         b = _boxes(det, small, *size)
         assert [x[0] for x in a] == [x[0] for x in b] and a, (seed, a, b)
         assert np.abs(np.array([x[1:] for x in a]) - [x[1:] for x in b]).max() <= 12, (a, b)
+
+
+def test_a_16_bit_grey_png_is_the_picture_a_viewer_shows(tmp_path):
+    """0..65535 onto 0..255 (Pillow's own conversion clips at 255: nearly all white),
+    in detection's decode and in training's alike."""
+    from model.data import Record, load_image
+
+    grey = make_sample(sample_seed(31, 7), "easy").image.convert("L")
+    wide = np.asarray(grey).astype(np.uint16) * 257  # (H, W): v -> v * 257, 255 -> 65535
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    assert Image.open(path).mode == "I;16"
+    want = np.asarray(grey.convert("RGB"))
+    data = path.read_bytes()
+    assert np.array_equal(np.asarray(decode_image(data)), want)
+    assert np.array_equal(np.asarray(load_image(Record(path, np.zeros((0, 5)), []))), want)
+    buf = io.BytesIO()
+    grey.save(buf, format="PNG")
+    assert np.array_equal(
+        np.asarray(decode_for_size(data, 224).image),
+        np.asarray(decode_for_size(buf.getvalue(), 224).image),
+    )
