@@ -21,6 +21,7 @@ import httpx
 
 from app.errors import InputError
 from app.sources import decode_base64, fetch_image, fetch_limits
+from model.config import class_key
 from model.infer import Detection
 
 MAX_CONFIG_CHARS = 200_000
@@ -64,8 +65,8 @@ def class_to_label(class_names: list[str], labels: list[str]) -> dict[int, str]:
     """Which model classes the project labels, matched by name (case aside)."""
     if not labels:
         return dict(enumerate(class_names))
-    by_lower = {lab.lower(): lab for lab in labels}
-    return {k: by_lower[n.lower()] for k, n in enumerate(class_names) if n.lower() in by_lower}
+    by_key = {class_key(lab): lab for lab in labels}
+    return {k: by_key[class_key(n)] for k, n in enumerate(class_names) if class_key(n) in by_key}
 
 
 def task_image_ref(task: Any, target: Target, i: int) -> str:

@@ -250,6 +250,7 @@ def onnx_evaluator(model_path: str, ds, *, batch_size: int = 32, every_class: bo
 
 def cmd_val(args: argparse.Namespace) -> None:
     from model import coco
+    from model.config import class_key
     from model.infer import read_metadata
 
     ds = _dataset(args.data, args.format, args.images, DATA_SEED_TEST)
@@ -258,11 +259,11 @@ def cmd_val(args: argparse.Namespace) -> None:
 
     ev = onnx_evaluator(args.model, ds)
     r, r11 = ev.result(), ev.result(method="11point")
-    known = set(read_metadata(args.model)["model_config"]["class_names"])
+    known = {class_key(n) for n in read_metadata(args.model)["model_config"]["class_names"]}
     for c, name in enumerate(ds.class_names):
         ap = r.ap.get(c)
         shown = "n/a" if ap is None else f"{ap:.4f}"
-        note = "" if name in known else "  (a class the model does not know)"
+        note = "" if class_key(name) in known else "  (a class the model does not know)"
         print(f"{name:15s} AP@0.5 {shown}  objects {r.n_truth[c]}{note}")
     print(f"mAP@0.5 {r.map:.4f}  (VOC2007 11-point: {r11.map:.4f})")
     gt = coco.ground_truth(ev.truths, ev.sizes, ds.class_names)

@@ -8,6 +8,16 @@ from pathlib import Path
 from typing import Any
 
 ARCHITECTURES = ("yolov1", "fast-yolov1", "tiny-yolov1")
+
+
+def class_key(name: str) -> str:
+    """What two class names are compared by, wherever a data set's classes meet a
+    model's (fine-tuning, evaluation, Label Studio): case, spaces, ``_`` and ``-`` aside,
+    so a data set's ``Circle`` or ``traffic_light`` is the model's ``circle`` or
+    ``traffic light``, not a new class learnt from nothing."""
+    return " ".join(name.replace("_", " ").replace("-", " ").split()).casefold()
+
+
 # Input pixels per feature-map cell before the pooling to S x S (model/networks.py).
 STRIDE = {"yolov1": 64, "fast-yolov1": 64, "tiny-yolov1": 32}
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from model.boxes import cxcywh_to_xyxy, decode_predictions
+from model.config import class_key
 from model.metrics import ImageDetections, ImageTruth, MAPResult, evaluate_map
 
 CONF_THRESHOLD = 0.001  # darknet's validate_yolo
@@ -83,8 +84,8 @@ class Evaluator:
 def class_columns(model_names: Sequence[str], data_names: Sequence[str]) -> np.ndarray:
     """``(C_data,)``: for each class of the data, the model's column of the same name, or
     -1 where the model does not know it. Raises ValueError when no name is shared."""
-    where = {name: i for i, name in enumerate(model_names)}
-    cols = np.array([where.get(name, -1) for name in data_names], dtype=np.int64)
+    where = {class_key(name): i for i, name in enumerate(model_names)}
+    cols = np.array([where.get(class_key(name), -1) for name in data_names], dtype=np.int64)
     if not (cols >= 0).any():
         raise ValueError(f"the model's classes {list(model_names)} and the data's "
                          f"{list(data_names)} share no name")  # fmt: skip

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.config import JobSpec, ModelConfig, TrainConfig
+from model.config import JobSpec, ModelConfig, TrainConfig, class_key
 from model.data import (
     DetectionDataset,
     difficult_flags,
@@ -39,11 +39,19 @@ def channel_map(old: ModelConfig, new: ModelConfig) -> tuple[list[int], list[int
     """(old channels, new channels) of the grid's box channels and of the classes both
     know, matched by name; the new network's other channels are classes the old lacks."""
     B = new.B
-    old_index = {n: i for i, n in enumerate(old.class_names)}
+    old_index = {class_key(n): i for i, n in enumerate(old.class_names)}
     known = [
-        (5 * B + old_index[n], 5 * B + j) for j, n in enumerate(new.class_names) if n in old_index
+        (5 * B + old_index[class_key(n)], 5 * B + j)
+        for j, n in enumerate(new.class_names)
+        if class_key(n) in old_index
     ]
     return list(range(5 * B)) + [o for o, _ in known], list(range(5 * B)) + [n for _, n in known]
+
+
+def known_classes(names: list[str], base: list[str]) -> list[int]:
+    """Indices of ``names`` that the base model knows (by :func:`class_key`)."""
+    keys = {class_key(n) for n in base}
+    return [i for i, n in enumerate(names) if class_key(n) in keys]
 
 
 def _by_channel(w: torch.Tensor, channels: int) -> torch.Tensor:
@@ -370,7 +378,7 @@ def run_finetune(
         resume=last if last.exists() else None,
         init_weights=weights,
         baseline=True,
-        known_classes=[i for i, n in enumerate(cfg.class_names) if n in base_classes],
+        known_classes=known_classes(cfg.class_names, base_classes),
         progress=progress,
         should_cancel=should_cancel,
         checkpoint_on=checkpoint_on,

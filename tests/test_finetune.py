@@ -49,6 +49,22 @@ def test_adapt_head_matches_classes_by_name():
         assert torch.allclose(y_new[..., 12], y_old[..., 10], atol=1e-5)
 
 
+def test_class_names_match_whatever_their_case_and_separators():
+    """A data set's ``Circle`` and ``traffic_light`` are the model's ``circle`` and
+    ``traffic light``: their outputs carry over, evaluation scores them as known."""
+    from model.config import class_key
+    from model.evaluate import class_columns
+    from model.finetune import channel_map, known_classes
+
+    assert class_key(" Traffic_Light ") == class_key("traffic-light") == "traffic light"
+    old = ModelConfig(S=2, C=3, class_names=["circle", "traffic light", "star"])
+    new = ModelConfig(S=2, C=3, class_names=["Star", "hexagon", "CIRCLE"])
+    src, dst = channel_map(old, new)
+    assert src[10:] == [12, 10] and dst[10:] == [10, 12]  # star, circle; hexagon is new
+    assert known_classes(new.class_names, old.class_names) == [0, 2]
+    assert class_columns(old.class_names, ["Traffic_Light", "kite"]).tolist() == [1, -1]
+
+
 def test_blend_moves_known_weights_back_and_keeps_new_outputs():
     from model.finetune import blend, output_keys
 
