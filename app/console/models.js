@@ -16,13 +16,17 @@ function dataset(d) {
   return [d.format, d.dataset_id || d.path || (d.images ? `${d.images} images` : "")].filter(Boolean).join(" ");
 }
 
+// Two class names are one class when they match but for case, spaces, "_" and "-", as
+// the service matches them (model.config.class_key).
+const classKey = (name) => name.replace(/[_-]/g, " ").trim().split(/\s+/).join(" ").toLowerCase();
+
 // The version's classes; those the serving version lacks are marked, so a version that
 // learned a new class (or lost one) shows it.
 function classes(v, active) {
   if (!v.classes) return "–";
-  const served = active?.classes ? new Set(active.classes) : null;
+  const served = active?.classes ? new Set(active.classes.map(classKey)) : null;
   return el("span", { title: `${v.classes.length} classes` }, ...v.classes.flatMap((c, i) => [
-    i ? ", " : "", served && !served.has(c) ? el("strong", { title: "not in the serving version" }, c) : c]));
+    i ? ", " : "", served && !served.has(classKey(c)) ? el("strong", { title: "not in the serving version" }, c) : c]));
 }
 
 async function activate(v) {
