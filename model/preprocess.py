@@ -23,10 +23,13 @@ def _reads_avif() -> bool:
     return bool(features.check("avif"))  # Pillow 11.2 and later, in its wheels
 
 
-# What detection takes, and the image files a data set is read from: AVIF (what many
-# web sites serve, so what people save from them) where this Pillow reads it.
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP") + (("AVIF",) if _reads_avif() else ())
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp") + (
+# What detection takes, and the image files a data set is read from: GIF and TIFF (their
+# first frame or page), AVIF (what many web sites serve, so what people save from them)
+# where this Pillow reads it.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF") + (
+    ("AVIF",) if _reads_avif() else ()
+)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff") + (
     (".avif",) if "AVIF" in SUPPORTED_FORMATS else ()
 )
 FORMAT_NAMES = ", ".join({"WEBP": "WebP"}.get(f, f) for f in SUPPORTED_FORMATS)  # for messages
@@ -137,8 +140,14 @@ def finish_decode(img: Image.Image) -> Image.Image:
         # In place: the default copies the whole image even when nothing turns (12 MP:
         # ~20 ms and 36 MB more), and so does converting an image already RGB.
         ImageOps.exif_transpose(img, in_place=True)
-        if img.mode in WIDE_GREY:
+        if img.mode in WIDE_GREY or (img.mode == "I" and img.format == "PNG"):
             img = _grey_to_8_bits(img)
+        elif img.mode in ("I", "F"):  # TIFF's 32-bit pixels: no one way to show them
+            kind = "integer" if img.mode == "I" else "floating-point"
+            raise UnsupportedFormatError(
+                f"{img.format} images of 32-bit {kind} pixels are not supported; "
+                "send 8- or 16-bit images"
+            )
         if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
             # Transparent pixels show as a viewer shows them (on white), not as
             # whatever colour they happen to store.
@@ -148,13 +157,16 @@ def finish_decode(img: Image.Image) -> Image.Image:
         return img if img.mode == "RGB" else img.convert("RGB")
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(str(exc)) from exc
+    except ImageDecodeError:
+        raise
     except Exception as exc:
         raise ImageDecodeError(f"the {img.format or 'image'} data is truncated or corrupt") from exc
 
 
-# Pillow's modes for 16-bit grey (a PNG of depth 16: what OpenCV writes for uint16, and
-# scientific and depth cameras); other 16-bit PNGs open as 8-bit RGB(A) or LA.
-WIDE_GREY = ("I;16", "I;16B", "I;16L", "I")
+# Pillow's modes for 16-bit grey (a PNG or TIFF of depth 16: what OpenCV writes for
+# uint16, and scientific and depth cameras; older Pillows open such a PNG as "I");
+# other 16-bit PNGs open as 8-bit RGB(A) or LA.
+WIDE_GREY = ("I;16", "I;16B", "I;16L")
 
 
 def _grey_to_8_bits(img: Image.Image) -> Image.Image:

@@ -170,6 +170,26 @@ def test_detect_draws_what_the_api_finds_and_filters_on_the_page(page, stack, tm
     assert "image" in page.inner_text("#toast").lower()
 
 
+def test_a_tiff_the_browser_cannot_show_still_gets_its_boxes(page, stack, tmp_path):
+    """Chromium has no TIFF decoder: the image's place keeps its proportions, says why
+    it is blank, and carries the API's boxes."""
+    sample = _sample(2)
+    path = tmp_path / "scene.tiff"
+    sample.image.save(path, format="TIFF")
+    page.goto(stack["url"] + "/")
+    page.wait_for_selector("#serving[data-version]")
+    page.set_input_files("#image-input", str(path))
+    page.wait_for_selector("#results article .no-preview")
+    assert "cannot show" in page.inner_text("#results article .no-preview")
+    W, H = sample.image.size
+    shown = page.eval_on_selector(
+        "#results article .no-preview", "d => d.getBoundingClientRect().toJSON()"
+    )
+    assert abs(shown["width"] / shown["height"] - W / H) < 0.02
+    assert len(_boxes(page)) >= 2
+    page.screenshot(path=SHOTS / "detect-tiff.png")
+
+
 def test_labels_of_boxes_that_start_together_do_not_cover_each_other(page, stack):
     # Two boxes with the same top edge, side by side, and one far away: the second label
     # goes a line down, the far one stays above its box (the page's own module).

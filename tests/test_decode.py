@@ -133,3 +133,35 @@ def test_a_16_bit_grey_png_is_the_picture_a_viewer_shows(tmp_path):
         np.asarray(decode_for_size(data, 224).image),
         np.asarray(decode_for_size(buf.getvalue(), 224).image),
     )
+
+
+def test_gif_and_tiff_are_their_first_frame_as_a_viewer_shows_it():
+    """A GIF's transparent index on white, a multi-page TIFF's first page, a 16-bit TIFF
+    scaled as the 16-bit PNG is; 32-bit TIFF pixels are refused by name."""
+    from model.preprocess import UnsupportedFormatError
+
+    picture = make_sample(sample_seed(31, 8), "easy").image  # (W, H) RGB
+    want = np.asarray(picture.quantize(64).convert("RGB"))
+    buf = io.BytesIO()
+    picture.quantize(64).save(buf, format="GIF", save_all=True,
+                              append_images=[Image.new("P", picture.size)])  # fmt: skip
+    assert np.array_equal(np.asarray(decode_image(buf.getvalue())), want)
+    spot = Image.new("P", (8, 8), 1)
+    spot.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)
+    spot.putpixel((0, 0), 0)
+    buf = io.BytesIO()
+    spot.save(buf, format="GIF", transparency=0)
+    shown = np.asarray(decode_image(buf.getvalue()))
+    assert shown[0, 0].tolist() == [255, 255, 255] and shown[1, 1].tolist() == [200, 30, 30]
+    buf = io.BytesIO()
+    picture.save(buf, format="TIFF", save_all=True, append_images=[Image.new("RGB", picture.size)])
+    assert np.array_equal(np.asarray(decode_image(buf.getvalue())), np.asarray(picture))
+    grey = picture.convert("L")
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(grey).astype(np.uint16) * 257).save(buf, format="TIFF")
+    assert np.array_equal(np.asarray(decode_image(buf.getvalue())), np.asarray(grey.convert("RGB")))
+    for mode in ("I", "F"):
+        buf = io.BytesIO()
+        Image.new(mode, (16, 16)).save(buf, format="TIFF")
+        with pytest.raises(UnsupportedFormatError, match="32-bit"):
+            decode_for_size(buf.getvalue(), 224)

@@ -66,6 +66,13 @@ function sliders() {
   return [Number(document.getElementById("conf").value), Number(document.getElementById("iou").value)];
 }
 
+// What stands in for an image the service reads but the browser cannot show (TIFF in
+// Chromium and Firefox): the boxes are still drawn, at the image's proportions.
+function noPreview(W, H) {
+  return el("div", { class: "no-preview", style: `aspect-ratio: ${W} / ${H}` },
+    "This browser cannot show this image's format; the boxes and the table are the service's answer.");
+}
+
 async function detectFile(file) {
   const form = new FormData();
   form.append("image", file, file.name || "pasted.png");
@@ -75,8 +82,8 @@ async function detectFile(file) {
 }
 
 export async function addFiles(files) {
-  const images = [...files].filter((f) => f.type.startsWith("image/") || /\.(jpe?g|png|webp|bmp|avif)$/i.test(f.name));
-  if (!images.length) { toast("Those are not images (JPEG, PNG, WebP, BMP or AVIF)."); return; }
+  const images = [...files].filter((f) => f.type.startsWith("image/") || /\.(jpe?g|png|webp|bmp|gif|tiff?|avif)$/i.test(f.name));
+  if (!images.length) { toast("Those are not images (JPEG, PNG, WebP, BMP, GIF, TIFF or AVIF)."); return; }
   const status = document.getElementById("drop-help");
   const old = status.innerHTML;
   status.textContent = `Detecting in ${images.length} image(s)…`;
@@ -147,7 +154,7 @@ function renderOne(img, index, conf, iouMax) {
     el("td", { class: "num" }, `${d.box.x1.toFixed(0)}, ${d.box.y1.toFixed(0)}, ${d.box.x2.toFixed(0)}, ${d.box.y2.toFixed(0)}`)));
   return el("article", { class: "result", "data-index": index },
     el("div", {},
-      el("div", { class: "stage" }, el("img", { src: img.url, alt: `uploaded image ${img.file.name || ""}`, width: W, height: H }), overlay),
+      el("div", { class: "stage" }, el("img", { src: img.url, alt: `uploaded image ${img.file.name || ""}`, width: W, height: H, onerror: (e) => e.target.replaceWith(noPreview(W, H)) }), overlay),
       el("fieldset", {}, el("legend", {}, "Score this image against boxes you draw"),
         el("label", { class: "check", for: `draw-${index}` }, drawing, "Draw truth boxes on the image (drag)"),
         el("label", { for: `draw-class-${index}` }, "Class"), cls,
