@@ -13,6 +13,8 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from app.aio import in_thread
+
 log = logging.getLogger(__name__)
 
 
@@ -89,9 +91,7 @@ class MicroBatcher:
 
         self._busy += 1
         try:
-            prepared, grid, seconds = await asyncio.get_running_loop().run_in_executor(
-                self._executor, job
-            )
+            prepared, grid, seconds = await in_thread(self._executor, job)
         finally:
             self._busy -= 1
         if self.on_batch is not None:
@@ -108,7 +108,7 @@ class MicroBatcher:
         inference thread, in turn with the batches."""
         self._busy += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+            return await in_thread(self._executor, fn)
         finally:
             self._busy -= 1
 
@@ -160,9 +160,7 @@ class MicroBatcher:
         t0 = time.perf_counter()
         self._busy += 1
         try:
-            grids = await asyncio.get_running_loop().run_in_executor(
-                self._executor, model.run, images
-            )
+            grids = await in_thread(self._executor, model.run, images)
         except Exception as exc:  # hand the error to every waiting request
             log.exception("inference failed")
             for _, _, fut, _ in items:

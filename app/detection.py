@@ -4,7 +4,6 @@ decode errors for bad images (``app.errors`` maps them to 4xx)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import time
 from concurrent.futures import Executor
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from app.aio import in_thread
 from app.batching import BatchResult, MicroBatcher
 from app.errors import InputError
 from app.memory import after_image
@@ -112,14 +112,10 @@ async def infer_image(
             ran = await batcher.run_alone(lambda: prepare(data, model, max_pixels), model)
             prepared, result = ran.prepared, ran.result
         elif model.lanes is not None:
-            prepared, result = await asyncio.get_running_loop().run_in_executor(
-                pool, in_lane, data, model, max_pixels
-            )
+            prepared, result = await in_thread(pool, in_lane, data, model, max_pixels)
             batcher.observe(model, result.inference_ms / 1000)
         else:
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                pool, prepare, data, model, max_pixels
-            )
+            prepared = await in_thread(pool, prepare, data, model, max_pixels)
             result = None
     if result is None:
         result = await batcher.submit(prepared.array, model)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import io
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -11,7 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from app.aio import gather_or_cancel
+from app.aio import gather_or_cancel, in_thread
 from app.detection import Detected, check_request_pixels, class_filter, detect_image
 from app.errors import validation_error
 from app.limits import read_capped
@@ -261,7 +260,7 @@ async def detect(
     if format == "coco":
         return Response(COCO.dump_json(coco_results(done, uploads)), media_type="application/json")
     if format == "image":  # drawn on the full image: decode it whole this once
-        img = await asyncio.get_running_loop().run_in_executor(
+        img = await in_thread(
             state.cpu_pool, lambda: decode_image(images[0], max_pixels=state.settings.max_pixels)
         )
         buf = io.BytesIO()

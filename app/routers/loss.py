@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import io
 from typing import Any
 
@@ -10,6 +9,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from app.aio import in_thread
 from app.errors import validation_error
 from app.schemas import Grid, Label, LossOptions, LossRequest, LossResponse
 from app.scoring import score
@@ -110,7 +110,7 @@ async def loss(request: Request, state: StateDep, model: ModelDep) -> LossRespon
     optional ``options`` JSON part, for large batches."""
     preds, labels, opts = await _parse(request, state.settings.max_upload_bytes)
     grid = opts.grid or Grid(S=model.cfg.S, B=model.cfg.B, C=model.cfg.C)
-    out = await asyncio.get_running_loop().run_in_executor(
+    out = await in_thread(
         state.score_pool,
         score,
         preds,
