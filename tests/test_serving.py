@@ -220,3 +220,33 @@ def test_batch_buckets_give_the_grids_of_one_session(served):
         x = to_input(images[:n], served.cfg)
         assert np.allclose(bucketed.run_tensor(x), ref, atol=1e-4), n
     assert np.allclose(bucketed.run_alone(images[:1]), served.run(images[:1]), atol=1e-4)
+
+
+def test_in_thread_hands_back_results_errors_and_skips_what_was_given_up():
+    """``app.aio.in_thread`` as ``run_in_executor`` behaves: the value, the exception,
+    and a job cancelled before its thread was free never runs."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.aio import in_thread
+
+    ran: list[str] = []
+    gate = threading.Event()
+
+    def boom() -> None:
+        raise ValueError("no")
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            assert await in_thread(pool, lambda a, b: a + b, 2, 3) == 5
+            with pytest.raises(ValueError, match="no"):
+                await in_thread(pool, boom)
+            blocker = in_thread(pool, gate.wait)  # holds the only thread
+            later = in_thread(pool, ran.append, "later")
+            later.cancel()
+            gate.set()
+            await blocker
+            assert await in_thread(pool, ran.append, "after") is None
+        assert ran == ["after"]
+
+    asyncio.run(main())
