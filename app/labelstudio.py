@@ -62,7 +62,8 @@ def parse_config(label_config: str | None) -> Target:
 
 
 def class_to_label(class_names: list[str], labels: list[str]) -> dict[int, str]:
-    """Which model classes the project labels, matched by name (case aside)."""
+    """Which model classes the project labels, matched by name (``class_key``: case,
+    spaces, ``_`` and ``-`` aside)."""
     if not labels:
         return dict(enumerate(class_names))
     by_key = {class_key(lab): lab for lab in labels}

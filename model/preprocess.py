@@ -130,8 +130,9 @@ def _open(data: bytes, max_pixels: int | None, formats: tuple[str, ...] | None) 
 
 def finish_decode(img: Image.Image) -> Image.Image:
     """Load the pixels of an opened image, apply the EXIF orientation, composite
-    transparency on white: the RGB image the network is shown, in serving and in
-    training alike (raises :class:`ImageDecodeError` for a truncated or corrupt file)."""
+    transparency on white, 16-bit grey scaled to 8: the RGB image the network is shown,
+    in serving and in training alike. Raises :class:`ImageDecodeError` for a truncated
+    or corrupt file, :class:`UnsupportedFormatError` for 32-bit (TIFF) pixels."""
     try:
         with warnings.catch_warnings():
             # Past max_pixels we refuse above; PIL's own bomb warning is noise here.
