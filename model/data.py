@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from model.preprocess import IMAGE_SUFFIXES, finish_decode, resize_uint8
+from model.preprocess import IMAGE_SUFFIXES, ImageDecodeError, finish_decode, resize_uint8
 from model.targets import MIN_TRAINED_SIZE
 
 
@@ -611,7 +611,10 @@ def load_image(record: Record) -> Image.Image:
     # store any colour, black as often as not, and a model trained on that colour
     # would meet white at detection.
     with Image.open(record.image_path) as im:
-        return finish_decode(im)
+        try:
+            return finish_decode(im)
+        except ImageDecodeError as exc:  # a job's error then names the file
+            raise type(exc)(f"{record.image_path.name}: {exc}") from exc
 
 
 def to_arrays(

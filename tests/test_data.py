@@ -527,6 +527,9 @@ def test_training_reads_an_image_as_detection_does(tmp_path):
         assert trained.shape == served.shape and np.array_equal(trained, served), name
     drawing = np.asarray(load_image(Record(tmp_path / "drawing.png", np.zeros((0, 5)), [])))
     assert drawing[0, 0].tolist() == [255, 255, 255]  # the canvas, on white
+    Image.new("F", (16, 16)).save(tmp_path / "depth.tif")  # refused, and named
+    with pytest.raises(ValueError, match=r"depth\.tif: TIFF images of 32-bit"):
+        load_image(Record(tmp_path / "depth.tif", np.zeros((0, 5)), []))
     assert np.asarray(load_image(Record(tmp_path / "rotated.jpg", np.zeros((0, 5)), []))).shape[
         :2
     ] == (120, 80)
