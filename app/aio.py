@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -48,5 +49,6 @@ def in_thread(executor: Executor, fn: Callable[..., T], *args: Any) -> asyncio.F
         else:
             loop.call_soon_threadsafe(settle, True, result)
 
-    executor.submit(run)
+    # In the caller's context, as asyncio.to_thread runs it: log lines keep the request id.
+    executor.submit(contextvars.copy_context().run, run)
     return fut

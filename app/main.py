@@ -22,6 +22,7 @@ from app.batching import MicroBatcher
 from app.labelstudio import StudioAuth
 from app.limits import BodyLimitMiddleware
 from app.observability import Metrics, MetricsMiddleware
+from app.requestid import RequestIdMiddleware
 from app.routers import datasets, detect, health, jobs, kserve, labelstudio, loss, models
 from app.routers.detect import json_body_limit
 from app.schemas import DetectRequest, LossRequest
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(RequestIdMiddleware)  # added last: outermost
     errors.install(app)
 
     return app

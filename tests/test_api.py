@@ -340,6 +340,33 @@ def test_avif_is_detected_as_the_same_picture_in_png(client):
     assert r.status_code == 415 and "HEIC" in r.json()["detail"]
 
 
+def test_every_answer_carries_a_request_id_and_its_log_line_too(client):
+    """A sane ``X-Request-ID`` is echoed (a 413 and a 404 included), anything else is
+    replaced by a fresh one; the access log line names it."""
+    import re
+
+    fresh = client.get("/healthz").headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", fresh)
+    assert client.get("/healthz").headers["x-request-id"] != fresh
+    r = client.get("/nope", headers={"X-Request-ID": "proxy-7f3a.1"})
+    assert r.status_code == 404 and r.headers["x-request-id"] == "proxy-7f3a.1"
+    big = b"\xff" * int(LIMIT_MB * 1024 * 1024 + 10)
+    headers = {"content-type": "image/jpeg", "X-Request-ID": "too-big-1"}
+    r = client.post("/v1/detect", content=big, headers=headers)
+    assert r.status_code == 413 and r.headers["x-request-id"] == "too-big-1"
+    r = client.get("/healthz", headers={"X-Request-ID": 'x" 200 OK INFO: a forged line'})
+    assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
+    # The access log (on at the default level, info; the tests' servers run at warning).
+    s = Server({"YOLOV1_MODEL_PATH": str(DEFAULT_MODEL), "YOLOV1_LOG_LEVEL": "info"})
+    try:
+        s.wait_ready()
+        httpx.get(f"{s.url}/nope", headers={"X-Request-ID": "proxy-7f3a.1"})
+        time.sleep(0.3)
+        assert '"GET /nope HTTP/1.1" 404 Not Found [proxy-7f3a.1]' in s.output()
+    finally:
+        s.stop()
+
+
 def _loss(client, **body):
     base = {"predictions": np.zeros((1, 7, 7, 15)).tolist(), "labels": [[]]}
     return client.post("/v1/loss", json={**base, **body})
