@@ -5,6 +5,8 @@ these; one handler per type turns them into a 4xx with the message."""
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -12,7 +14,10 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.requestid import REQUEST_ID, request_id_of
 from model.preprocess import ImageDecodeError, ImageTooLargeError, UnsupportedFormatError
+
+log = logging.getLogger("app")
 
 
 class InputError(ValueError):
@@ -69,8 +74,25 @@ def install(app: FastAPI) -> None:
             headers={"Retry-After": "5"},
         )
 
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette answers these outside every middleware, so the id goes on here; the
+        # line logged names the request, and the server's traceback follows it.
+        rid = request_id_of(request.scope)
+        token = REQUEST_ID.set(rid)
+        try:
+            log.error("internal error on %s %s: %r", request.method, request.url.path, exc)
+        finally:
+            REQUEST_ID.reset(token)
+        return JSONResponse(
+            {"detail": f"internal error (a fault of the service, not of the request); "
+                       f"the service's log names it by the request id {rid}"},
+            status_code=500,
+            headers={"X-Request-ID": rid},
+        )  # fmt: skip
+
     for exc_type, _ in STATUS:
         app.add_exception_handler(exc_type, handle)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(RedisConnectionError, redis_down)
     app.add_exception_handler(RedisTimeoutError, redis_down)
+    app.add_exception_handler(Exception, unexpected)

@@ -29,6 +29,8 @@ class RequestIdMiddleware:
         given = next((v for k, v in scope["headers"] if k == HEADER), b"")
         rid = given if _SANE.fullmatch(given) else uuid.uuid4().hex.encode()
         token = REQUEST_ID.set(rid.decode())
+        # For what answers outside this middleware: Starlette's handler of a 500.
+        scope.setdefault("state", {})["request_id"] = rid.decode()
 
         async def send_with_id(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -39,6 +41,11 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             REQUEST_ID.reset(token)
+
+
+def request_id_of(scope: dict) -> str:
+    """The id :class:`RequestIdMiddleware` gave the request of ``scope`` ("-" if none)."""
+    return scope.get("state", {}).get("request_id", "-")
 
 
 class RequestIdFilter(logging.Filter):

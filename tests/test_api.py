@@ -367,6 +367,36 @@ def test_every_answer_carries_a_request_id_and_its_log_line_too(client):
         s.stop()
 
 
+def test_a_fault_of_the_service_is_a_500_that_names_its_request_id(caplog):
+    """What no handler expected still answers JSON with the id, and logs the id: the
+    one answer Starlette sends outside every middleware. In-process: no route of the
+    service fails on purpose, so the test adds one."""
+    import asyncio
+
+    from app.main import create_app
+    from app.requestid import RequestIdFilter
+    from app.settings import Settings
+
+    app = create_app(Settings(model_path=str(DEFAULT_MODEL)))
+
+    @app.get("/fails")
+    def fails() -> None:
+        raise RuntimeError("a bug")
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await c.get("/fails", headers={"X-Request-ID": "bug-report-42"})
+
+    caplog.handler.addFilter(RequestIdFilter())  # as the service's log handlers have it
+    with caplog.at_level("ERROR", "app"):
+        r = asyncio.run(get())
+    assert r.status_code == 500 and r.headers["x-request-id"] == "bug-report-42"
+    assert "bug-report-42" in r.json()["detail"]
+    line = next(rec for rec in caplog.records if "internal error on GET /fails" in rec.message)
+    assert line.request_id == "bug-report-42" and "RuntimeError('a bug')" in line.message
+
+
 def _loss(client, **body):
     base = {"predictions": np.zeros((1, 7, 7, 15)).tolist(), "labels": [[]]}
     return client.post("/v1/loss", json={**base, **body})
