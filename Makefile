@@ -63,11 +63,13 @@ soak: $(STAMP)
 # The shipped default model, from scratch (fixed data and seeds; README has the time it takes).
 model: $(STAMP)
 	$(BIN)/yolov1 train --data shapes --preset default --out runs/default
-	$(BIN)/yolov1 export runs/default/best.pt models/default/model.onnx \
+	$(BIN)/yolov1 train --data shapes:train-closeups --preset closeups --seed 1 \
+		--init runs/default/best.pt --out runs/default-closeups
+	$(BIN)/yolov1 export runs/default-closeups/best.pt models/default/model.onnx \
 		--slim-checkpoint models/default/model.pt
 	$(BIN)/yolov1 calibrate models/default/model.onnx --data shapes:hard --precision 0.9
 	$(BIN)/yolov1 quantize models/default/model.onnx
-	for level in easy medium hard; do \
+	for level in easy medium hard closeup; do \
 		$(BIN)/yolov1 val models/default/model.onnx --data shapes:$$level --images 500; done
 
 # Build the images, run the compose stack on host networking, check it, tear it down

@@ -26,6 +26,23 @@ PRESETS = {
         learning_rate=1e-3,
         weight_decay=5e-4,
     ),
+    # Its second stage (`--init` the first's weights): close-ups and thin outlines, which
+    # the first stage's mixture lacks (objects up to 45 % of the short side, outlines of
+    # 6-12 % of the shape), at a lower learning rate, so the rest is not forgotten.
+    "closeups": dict(
+        arch="tiny-yolov1",
+        input_size=224,
+        width=32,
+        head_activation="sigmoid",
+        train_images=12000,
+        val_images=500,
+        epochs=3,
+        batch_size=32,
+        optimizer="adamw",
+        learning_rate=1e-4,
+        weight_decay=5e-4,
+        ema_decay=0.999,
+    ),
     "smoke": dict(
         arch="tiny-yolov1",
         input_size=64,
@@ -116,7 +133,16 @@ def cmd_train(args: argparse.Namespace) -> None:
             preset[key] = getattr(args, key)
     args.train_images, args.val_images = preset["train_images"], preset["val_images"]
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    init = None
+    if args.init:
+        start = torch.load(args.init, map_location="cpu", weights_only=False)
+        init = start["model"]
+        for key in ("arch", "input_size", "width", "head_activation", "S"):
+            preset[key] = start["model_config"][key]
     names, data = _load_split(args, preset["input_size"])
+    if init is not None and names != start["model_config"]["class_names"]:
+        raise SystemExit(f"--init {args.init} knows {start['model_config']['class_names']}, "
+                         f"the data {names}")  # fmt: skip
     cfg = ModelConfig(
         arch=preset["arch"],
         input_size=preset["input_size"],
@@ -133,6 +159,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         optimizer=preset["optimizer"],
         learning_rate=preset["learning_rate"],
         weight_decay=preset["weight_decay"],
+        ema_decay=preset.get("ema_decay", 0.0),
         seed=args.seed,
         amp=not args.no_amp,
     )
@@ -145,7 +172,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             bar.update(1)
             bar.set_postfix(epoch=p["epoch"], loss=f"{p['loss']:.3f}")
 
-    result = train(cfg, tc, data, args.out, resume=args.resume, progress=progress)
+    result = train(
+        cfg, tc, data, args.out, resume=args.resume, init_weights=init, progress=progress
+    )
     bar.close()
     print(f"best val mAP@0.5 {result.best_map:.4f}  checkpoint {result.best_checkpoint}")
 
@@ -357,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, default=0.1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--resume", help="a last.pt to continue from")
+    s.add_argument("--init", help="a checkpoint whose weights (and network) to start from")
     s.add_argument("--no-amp", action="store_true", help="plain fp32")
     s.set_defaults(func=cmd_train)
 

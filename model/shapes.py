@@ -7,8 +7,9 @@ luminance differs from what lies around them by as little as ``min_contrast`` le
 (so they stay visible in grayscale); clutter lines; shapes that overlap (occlusion)
 or run off the image's border; pixel noise, colour casts, blur; any aspect ratio and
 size from thumbnails to photos; saved as JPEG at varied quality or PNG, some
-grayscale. ``LEVELS`` holds the training mixture (``"train"``) and the published
-held-out levels (``"easy"``, ``"medium"``, ``"hard"``); docs/shapes.png shows them.
+grayscale. ``LEVELS`` holds the training mixtures (``"train"``, and
+``"train-closeups"`` for the default model's second stage) and the published held-out
+levels (``"easy"``, ``"medium"``, ``"hard"``, ``"closeup"``); docs/shapes.png shows them.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Level:
     object_size: tuple[float, float] = (0.05, 0.45)  # larger extent / image's short side
     min_contrast: float = 50.0  # luminance levels between a shape and its surroundings
     outline: float = 0.3  # per object: drawn as an outline, not filled
+    outline_width: tuple[float, float] = (0.06, 0.12)  # an outline's width / the shape's size
     clutter: tuple[int, int] = (0, 10)  # lines, inclusive
     occlusion: float = 0.3  # largest overlap (of the smaller box) between two objects
     border: float = 0.3  # per object: may run off the image (at least 60 % stays in)
@@ -55,6 +57,10 @@ class Level:
     gray: float = 0.15
     png: float = 0.2
     jpeg_quality: tuple[int, int] = (35, 95)
+    # per image: a close-up instead, of 1-2 objects of closeup_size (what a user draws
+    # when one shape fills the picture)
+    closeup: float = 0.0
+    closeup_size: tuple[float, float] = (0.45, 0.98)
 
 
 LEVELS: dict[str, Level] = {
@@ -107,6 +113,11 @@ LEVELS: dict[str, Level] = {
         jpeg_quality=(45, 95),
         png=0.25,
     ),
+    # The second stage of the default model's training: the mixture above with a fifth
+    # of close-ups and outlines down to 1.5 % of the shape (a 1-pixel pen on a drawing).
+    "train-closeups": Level(closeup=0.2, outline_width=(0.015, 0.12)),
+    # Held out: close-ups only, 1-2 shapes of 45-98 % of the short side, every background.
+    "closeup": Level(closeup=1.0, outline_width=(0.015, 0.12)),
 }
 
 
@@ -259,10 +270,15 @@ def make_sample(seed: int, level: str | Level = "train") -> Sample:
         )
     placed: list[np.ndarray] = []
     labels = []
-    for _ in range(rng.integers(lv.objects[0], lv.objects[1] + 1)):
+    # No draw at all where a level has no close-ups: the other levels' samples stay
+    # what they were for the same seed (the default model's first stage trained on them).
+    closeup = lv.closeup > 0 and rng.random() < lv.closeup
+    count = rng.integers(1, 3) if closeup else rng.integers(lv.objects[0], lv.objects[1] + 1)
+    sizes = lv.closeup_size if closeup else lv.object_size
+    for _ in range(count):
         for _attempt in range(30):
             cls_id = int(rng.integers(0, len(CLASS_NAMES)))
-            size = rng.uniform(*lv.object_size) * short
+            size = rng.uniform(*sizes) * short
             rot = rng.uniform(0, 2 * np.pi)
             shape = _outline(CLASS_NAMES[cls_id], rng)
             rmat = np.array([[np.cos(rot), -np.sin(rot)], [np.sin(rot), np.cos(rot)]])
@@ -288,7 +304,9 @@ def make_sample(seed: int, level: str | Level = "train") -> Sample:
             around = bg[y1 : y2 + 1, x1 : x2 + 1].reshape(-1, 3)
             fill = _colour(around, lv.min_contrast, rng)
             outline_only = rng.random() < lv.outline
-            width = int(max(2, size * rng.uniform(0.06, 0.12)))
+            width = int(
+                max(1 if lv.outline_width[0] < 0.06 else 2, size * rng.uniform(*lv.outline_width))
+            )
             if CLASS_NAMES[cls_id] == "circle":
                 c = pts_abs.mean(0)
                 xy = [c[0] - size / 2, c[1] - size / 2, c[0] + size / 2, c[1] + size / 2]
@@ -356,7 +374,7 @@ def picture_grid(seed: int, per_level: int = 6, tile: int = 224) -> Image.Image:
     from PIL import ImageFont
 
     names = list(LEVELS)
-    margin = 70
+    margin = 120
     grid = Image.new("RGB", (margin + tile * per_level, tile * len(names)), "white")
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default(size=15)

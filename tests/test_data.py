@@ -163,7 +163,7 @@ def test_shapes_levels_keep_their_ranges(level):
     """Image sizes, object counts and object sizes within the level's ranges (a box the
     border cuts keeps at least 60 % of its area, so its extent stays above ~0.6x)."""
     lv = LEVELS[level]
-    samples = [make_sample(sample_seed(21, i), level) for i in range(25)]
+    samples = [make_sample(sample_seed(21, i), level) for i in range(40)]
     for s in samples:
         W, H = s.image.size
         assert lv.short_side[0] - 1 <= min(W, H) <= lv.short_side[1]
@@ -171,7 +171,11 @@ def test_shapes_levels_keep_their_ranges(level):
         assert len(s.labels) <= lv.objects[1]
         assert ((s.labels[:, 1:] >= 0) & (s.labels[:, 1:] <= 1)).all()
         ext = np.maximum(s.labels[:, 3] * W, s.labels[:, 4] * H)
-        lo, hi = lv.object_size
+        ranges = [lv.closeup_size] if lv.closeup == 1 else [lv.object_size]
+        ranges += [lv.closeup_size] if 0 < lv.closeup < 1 else []
+        lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        if lv.closeup == 1:
+            assert len(s.labels) <= 2
         assert ((ext >= 0.6 * lo * min(W, H) - 1) & (ext <= hi * min(W, H) + 1)).all()
     suffixes = {s.suffix for s in samples}
     assert suffixes == ({".jpg", ".png"} if lv.png >= 0.2 else suffixes)
