@@ -12,37 +12,25 @@ from pathlib import Path
 log = logging.getLogger("yolov1")
 
 # The default model's recipe (`make model`): a tiny network on generated shapes.
+_DEFAULT = dict(
+    arch="tiny-yolov1",
+    input_size=224,
+    width=32,
+    head_activation="sigmoid",
+    train_images=12000,
+    val_images=500,
+    epochs=22,
+    batch_size=32,
+    optimizer="adamw",
+    learning_rate=1e-3,
+    weight_decay=5e-4,
+)
 PRESETS = {
-    "default": dict(
-        arch="tiny-yolov1",
-        input_size=224,
-        width=32,
-        head_activation="sigmoid",
-        train_images=12000,
-        val_images=500,
-        epochs=22,
-        batch_size=32,
-        optimizer="adamw",
-        learning_rate=1e-3,
-        weight_decay=5e-4,
-    ),
+    "default": _DEFAULT,
     # Its second stage (`--init` the first's weights): close-ups and thin outlines, which
     # the first stage's mixture lacks (objects up to 45 % of the short side, outlines of
     # 6-12 % of the shape), at a lower learning rate, so the rest is not forgotten.
-    "closeups": dict(
-        arch="tiny-yolov1",
-        input_size=224,
-        width=32,
-        head_activation="sigmoid",
-        train_images=12000,
-        val_images=500,
-        epochs=3,
-        batch_size=32,
-        optimizer="adamw",
-        learning_rate=1e-4,
-        weight_decay=5e-4,
-        ema_decay=0.999,
-    ),
+    "closeups": {**_DEFAULT, "epochs": 3, "learning_rate": 1e-4, "ema_decay": 0.999},
     "smoke": dict(
         arch="tiny-yolov1",
         input_size=64,

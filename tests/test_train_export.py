@@ -415,3 +415,21 @@ def test_pool_before_activation_is_the_same_network(arch):
         # a tie moves one window's gradient to its neighbour: small against the whole
         drift = float((q.grad - p.grad).norm() / p.grad.norm().clamp_min(1e-12))
         assert drift < 1e-2, (name, drift)
+
+
+def test_cli_second_stage_starts_from_the_first_stages_weights(tmp_path):
+    """``yolov1 train --init``: the network and weights of the checkpoint named (as
+    ``make model``'s second stage starts from its first). At learning rate 0 AdamW moves
+    nothing (its weight decay scales with the rate), so the weights stay the start's."""
+    from model.cli import main
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    main(["train", "--data", "shapes", "--preset", "smoke", "--out", str(first)])
+    start_from = ["--init", str(first / "best.pt"), "--learning-rate", "0"]
+    main(["train", "--data", "shapes:train-closeups", "--preset", "smoke", "--train-images",
+          "16", *start_from, "--out", str(second)])  # fmt: skip
+    start = torch.load(first / "best.pt", weights_only=False)
+    end = torch.load(second / "best.pt", weights_only=False)
+    assert end["model_config"] == start["model_config"]
+    weights = [k for k, v in start["model"].items() if k.endswith("weight")]
+    assert weights and all(torch.equal(start["model"][k], end["model"][k]) for k in weights)
