@@ -304,9 +304,10 @@ def make_sample(seed: int, level: str | Level = "train") -> Sample:
             around = bg[y1 : y2 + 1, x1 : x2 + 1].reshape(-1, 3)
             fill = _colour(around, lv.min_contrast, rng)
             outline_only = rng.random() < lv.outline
-            width = int(
-                max(1 if lv.outline_width[0] < 0.06 else 2, size * rng.uniform(*lv.outline_width))
-            )
+            # At least 1 pixel where a level draws thin outlines, else 2 as before (the
+            # first stage's samples stay the same).
+            thinnest = 1 if lv.outline_width[0] < 0.06 else 2
+            width = int(max(thinnest, size * rng.uniform(*lv.outline_width)))
             if CLASS_NAMES[cls_id] == "circle":
                 c = pts_abs.mean(0)
                 xy = [c[0] - size / 2, c[1] - size / 2, c[0] + size / 2, c[1] + size / 2]
