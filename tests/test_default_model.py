@@ -24,6 +24,18 @@ from support.procs import DEFAULT_MODEL
 FLOOR_CLOSEUP, FLOOR_OUTLINE = 0.85, 0.97
 
 
+def _map_of(make, rng: np.random.Generator, n: int = 60):
+    """mAP@0.5 of the default model on ``n`` images ``make(rng)`` gives with their labels."""
+    det = OnnxDetector(str(DEFAULT_MODEL))
+    grids, labels = [], []
+    for _ in range(n):
+        img, lab = make(rng)
+        grids.append(det.run(det.preprocess(img)[None])[0])
+        labels.append(lab)
+    cfg = det.cfg
+    return evaluate_grids(np.stack(grids), labels, S=cfg.S, B=cfg.B, C=cfg.C)
+
+
 def test_files_metadata_and_size():
     folder = DEFAULT_MODEL.parent
     total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
@@ -59,16 +71,12 @@ def test_detects_shapes_drawn_by_another_program():
     measured; the floor leaves room for 60 of them."""
     from support.opencv_shapes import CLASSES, draw
 
-    det = OnnxDetector(str(DEFAULT_MODEL))
-    rng = np.random.default_rng(1)
-    grids, labels = [], []
-    for _ in range(60):
+    def scene(rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
         bgr, lab = draw(rng, CLASSES[:5])
         img = Image.fromarray(np.ascontiguousarray(bgr[..., ::-1]))
-        grids.append(det.run(det.preprocess(img)[None])[0])
-        labels.append(np.asarray(lab, np.float64).reshape(-1, 5))
-    cfg = det.cfg
-    m = evaluate_grids(np.stack(grids), labels, S=cfg.S, B=cfg.B, C=cfg.C)
+        return img, np.asarray(lab, np.float64).reshape(-1, 5)
+
+    m = _map_of(scene, np.random.default_rng(1))
     assert m.map >= 0.95, (m.map, m.ap)
 
 
@@ -80,15 +88,7 @@ def test_detects_close_ups_and_line_drawings(kind, floor):
     of 6-12 % of the shape) and scored 0.39-0.49 and 0.89-0.95 on 60 of them."""
     from support.drawings import draw
 
-    det = OnnxDetector(str(DEFAULT_MODEL))
-    rng = np.random.default_rng(3)
-    grids, labels = [], []
-    for _ in range(60):
-        img, lab = draw(rng, kind)
-        grids.append(det.run(det.preprocess(img)[None])[0])
-        labels.append(lab)
-    cfg = det.cfg
-    m = evaluate_grids(np.stack(grids), labels, S=cfg.S, B=cfg.B, C=cfg.C)
+    m = _map_of(lambda rng: draw(rng, kind), np.random.default_rng(3))
     assert m.map >= floor, (m.map, m.ap)
 
 
