@@ -61,6 +61,11 @@ class Level:
     # when one shape fills the picture)
     closeup: float = 0.0
     closeup_size: tuple[float, float] = (0.45, 0.98)
+    # per close-up: one shape filling a near-square canvas (aspect up to fill_aspect)
+    # to fill_size of its short side, as a user draws one shape to try a model
+    fill: float = 0.0
+    fill_size: tuple[float, float] = (0.8, 1.0)
+    fill_aspect: float = 1.15
 
 
 LEVELS: dict[str, Level] = {
@@ -115,9 +120,10 @@ LEVELS: dict[str, Level] = {
     ),
     # The second stage of the default model's training: the mixture above with a fifth
     # of close-ups and outlines down to 1.5 % of the shape (a 1-pixel pen on a drawing).
-    "train-closeups": Level(closeup=0.2, outline_width=(0.015, 0.12)),
-    # Held out: close-ups only, 1-2 shapes of 45-98 % of the short side, every background.
-    "closeup": Level(closeup=1.0, outline_width=(0.015, 0.12)),
+    "train-closeups": Level(closeup=0.25, fill=0.6, outline_width=(0.015, 0.12)),
+    # Held out: close-ups only, 1-2 shapes of 45-98 % of the short side or one filling a
+    # near-square canvas, every background.
+    "closeup": Level(closeup=1.0, fill=0.4, outline_width=(0.015, 0.12)),
 }
 
 
@@ -245,10 +251,10 @@ def _colour(around: np.ndarray, min_contrast: float, rng: np.random.Generator) -
     return tuple(int(v) for v in np.clip(best_c + shift, 0, 255))
 
 
-def _size(level: Level, rng: np.random.Generator) -> tuple[int, int]:
+def _size(level: Level, rng: np.random.Generator, max_aspect: float) -> tuple[int, int]:
     lo, hi = level.short_side
     short = int(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-    aspect = float(np.exp(rng.uniform(-np.log(level.max_aspect), np.log(level.max_aspect))))
+    aspect = float(np.exp(rng.uniform(-np.log(max_aspect), np.log(max_aspect))))
     return (int(short * aspect), short) if aspect >= 1 else (short, int(short / aspect))
 
 
@@ -256,7 +262,11 @@ def make_sample(seed: int, level: str | Level = "train") -> Sample:
     """One image and its labels; the same seed and level always give the same sample."""
     lv = LEVELS[level] if isinstance(level, str) else level
     rng = np.random.default_rng(seed)
-    w, h = _size(lv, rng)
+    # No draw at all where a level has no close-ups: the other levels' samples stay
+    # what they were for the same seed (the default model's first stage trained on them).
+    closeup = lv.closeup > 0 and rng.random() < lv.closeup
+    filling = closeup and lv.fill > 0 and rng.random() < lv.fill
+    w, h = _size(lv, rng, lv.fill_aspect if filling else lv.max_aspect)
     short = min(w, h)
     bg = _background(w, h, lv.backgrounds[rng.integers(len(lv.backgrounds))], rng)
     img = Image.fromarray(bg.astype(np.uint8))
@@ -270,11 +280,12 @@ def make_sample(seed: int, level: str | Level = "train") -> Sample:
         )
     placed: list[np.ndarray] = []
     labels = []
-    # No draw at all where a level has no close-ups: the other levels' samples stay
-    # what they were for the same seed (the default model's first stage trained on them).
-    closeup = lv.closeup > 0 and rng.random() < lv.closeup
-    count = rng.integers(1, 3) if closeup else rng.integers(lv.objects[0], lv.objects[1] + 1)
-    sizes = lv.closeup_size if closeup else lv.object_size
+    if filling:
+        count, sizes = 1, lv.fill_size
+    elif closeup:
+        count, sizes = rng.integers(1, 3), lv.closeup_size
+    else:
+        count, sizes = rng.integers(lv.objects[0], lv.objects[1] + 1), lv.object_size
     for _ in range(count):
         for _attempt in range(30):
             cls_id = int(rng.integers(0, len(CLASS_NAMES)))
@@ -285,7 +296,8 @@ def make_sample(seed: int, level: str | Level = "train") -> Sample:
             pts = shape @ rmat.T
             pts *= size / np.ptp(pts, axis=0).max()  # the larger extent is `size`
             half = np.ptp(pts, axis=0) / 2
-            if rng.random() < lv.border:  # anywhere: up to 40 % of the box off the image
+            # anywhere: up to 40 % of the box off the image (a filling shape stays whole)
+            if rng.random() < lv.border and not filling:
                 cx, cy = rng.uniform([0, 0], [w, h])
             else:
                 cx, cy = rng.uniform(half, [w - half[0], h - half[1]])

@@ -1,8 +1,10 @@
 """Shapes as a person draws them in a paint program or a script: Pillow's ``ImageDraw``
 on a plain canvas, no noise, no texture. Two kinds the default model's first training
-stage never saw: a close-up (one shape filling 50-95 % of the canvas) and line drawings
-(black outlines 1-3 pixels wide on white). Deterministic by the generator; labels as
-YOLO ``(class, cx, cy, w, h)`` over the default model's five classes."""
+stage never saw: a close-up (one shape filling 50-95 % of the canvas), line drawings
+(black outlines 1-3 pixels wide on white), and one shape filling 80-97 % of a square
+canvas in both directions, filled or drawn with a 1-3 pixel pen. Deterministic by the
+generator; labels as YOLO ``(class, cx, cy, w, h)`` over the default model's five
+classes."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 CLASSES = ["circle", "square", "triangle", "star", "cross"]
-KINDS = ("closeup", "outline")
+KINDS = ("closeup", "outline", "fill")
 
 
 def corners(name: str, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
@@ -34,6 +36,8 @@ def corners(name: str, cx: float, cy: float, r: float, rot: float) -> list[tuple
 
 def draw(rng: np.random.Generator, kind: str) -> tuple[Image.Image, np.ndarray]:
     """One RGB drawing of ``kind`` and its ``(k, 5)`` labels."""
+    if kind == "fill":
+        return _fill(rng)
     w, h = [(640, 480), (512, 512), (800, 600), (300, 400)][rng.integers(4)]
     closeup = kind == "closeup"
     bg = tuple(int(v) for v in rng.integers(0, 256, 3)) if closeup else (255, 255, 255)
@@ -71,3 +75,35 @@ def draw(rng: np.random.Generator, kind: str) -> tuple[Image.Image, np.ndarray]:
         cxn, cyn = (box[0] + box[2]) / 2 / w, (box[1] + box[3]) / 2 / h
         labels.append([k, cxn, cyn, (box[2] - box[0]) / w, (box[3] - box[1]) / h])
     return img, np.array(labels, np.float64).reshape(-1, 5)
+
+
+def _fill(rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
+    """One shape whose box spans 80-97 % of a square canvas, upright or turned, filled
+    in colour on white or outlined in black."""
+    side = int(rng.choice([256, 400, 512, 640]))
+    img = Image.new("RGB", (side, side), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    k = int(rng.integers(len(CLASSES)))
+    if rng.random() < 0.5:
+        style = {"fill": tuple(int(v) for v in rng.integers(0, 200, 3))}
+    else:
+        style = {"outline": (0, 0, 0), "width": int(rng.integers(1, 4))}
+    extent = rng.uniform(0.8, 0.97) * side  # the box's larger side
+    if CLASSES[k] == "circle":
+        p = [(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * math.pi, 73)]
+    else:
+        rot = 0.0 if rng.random() < 0.5 else rng.uniform(0, 2 * math.pi)
+        p = corners(CLASSES[k], 0.0, 0.0, 1.0, rot)
+    xs, ys = np.array([q[0] for q in p]), np.array([q[1] for q in p])
+    scale = extent / max(np.ptp(xs), np.ptp(ys))
+    bw, bh = np.ptp(xs) * scale, np.ptp(ys) * scale
+    x0, y0 = rng.uniform(0, side - bw), rng.uniform(0, side - bh)
+    box = (x0, y0, x0 + bw, y0 + bh)
+    if CLASSES[k] == "circle":
+        d.ellipse(box, **style)
+    else:
+        d.polygon(
+            [(x0 + (x - xs.min()) * scale, y0 + (y - ys.min()) * scale) for x, y in p], **style
+        )
+    cx, cy = (box[0] + box[2]) / 2 / side, (box[1] + box[3]) / 2 / side
+    return img, np.array([[k, cx, cy, bw / side, bh / side]], np.float64)

@@ -173,10 +173,14 @@ def test_shapes_levels_keep_their_ranges(level):
         ext = np.maximum(s.labels[:, 3] * W, s.labels[:, 4] * H)
         ranges = [lv.closeup_size] if lv.closeup == 1 else [lv.object_size]
         ranges += [lv.closeup_size] if 0 < lv.closeup < 1 else []
+        ranges += [lv.fill_size] if lv.fill else []
         lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
         if lv.closeup == 1:
             assert len(s.labels) <= 2
         assert ((ext >= 0.6 * lo * min(W, H) - 1) & (ext <= hi * min(W, H) + 1)).all()
+    # A level with filling close-ups has images whose one box spans most of both sides.
+    spans = [s.labels[0, 3:].min() for s in samples if len(s.labels) == 1]
+    assert (max(spans, default=0) >= 0.75) == (lv.fill > 0), spans
     suffixes = {s.suffix for s in samples}
     assert suffixes == ({".jpg", ".png"} if lv.png >= 0.2 else suffixes)
     if lv.gray:
