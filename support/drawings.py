@@ -34,6 +34,25 @@ def corners(name: str, cx: float, cy: float, r: float, rot: float) -> list[tuple
     ]
 
 
+def place(
+    rng: np.random.Generator,
+    w: int,
+    h: int,
+    radius: tuple[float, float],
+    placed: list[tuple[float, float, float]],
+) -> tuple[float, float, float] | None:
+    """A centre and radius ``(cx, cy, r)`` inside a ``w`` x ``h`` canvas, ``r`` drawn from
+    ``radius`` (shares of the short side), whose square overlaps none of ``placed``;
+    appended to ``placed``. None after 50 tries."""
+    for _try in range(50):
+        r = rng.uniform(*radius) * min(w, h)
+        cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
+        if all(abs(cx - x) > r + q or abs(cy - y) > r + q for x, y, q in placed):
+            placed.append((cx, cy, r))
+            return cx, cy, r
+    return None
+
+
 def draw(rng: np.random.Generator, kind: str) -> tuple[Image.Image, np.ndarray]:
     """One RGB drawing of ``kind`` and its ``(k, 5)`` labels."""
     if kind == "fill":
@@ -46,15 +65,10 @@ def draw(rng: np.random.Generator, kind: str) -> tuple[Image.Image, np.ndarray]:
     labels: list[list[float]] = []
     placed: list[tuple[float, float, float]] = []
     for _ in range(1 if closeup else int(rng.integers(1, 5))):
-        for _try in range(50):  # a place that overlaps no other shape
-            r = rng.uniform(0.25, 0.475) if closeup else rng.uniform(0.08, 0.3)
-            r *= min(w, h)
-            cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
-            if all(abs(cx - x) > r + q or abs(cy - y) > r + q for x, y, q in placed):
-                break
-        else:
+        spot = place(rng, w, h, (0.25, 0.475) if closeup else (0.08, 0.3), placed)
+        if spot is None:
             continue
-        placed.append((cx, cy, r))
+        cx, cy, r = spot
         k = int(rng.integers(len(CLASSES)))
         if closeup:
             colour = tuple(int(v) for v in rng.integers(0, 256, 3))

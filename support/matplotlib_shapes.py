@@ -13,7 +13,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from support.drawings import CLASSES, corners
+from support.drawings import CLASSES, corners, place
 
 
 def draw(rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
@@ -34,14 +34,10 @@ def draw(rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
     labels: list[list[float]] = []
     placed: list[tuple[float, float, float]] = []
     for _ in range(int(rng.integers(1, 5))):
-        for _try in range(50):  # a place that overlaps no other shape
-            r = rng.uniform(0.05, 0.35) * min(w, h)
-            cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
-            if all(abs(cx - x) > r + q or abs(cy - y) > r + q for x, y, q in placed):
-                break
-        else:
+        spot = place(rng, w, h, (0.05, 0.35), placed)
+        if spot is None:
             continue
-        placed.append((cx, cy, r))
+        cx, cy, r = spot
         k = int(rng.integers(len(CLASSES)))
         colour = tuple(rng.uniform(0.0, 0.6, 3))
         filled = rng.random() < 0.5
