@@ -1,5 +1,5 @@
 """Shapes as a person draws them in a paint program or a script: Pillow's ``ImageDraw``
-on a plain canvas, no noise, no texture. Two kinds the default model's first training
+on a plain canvas, no noise, no texture. Three kinds the default model's first training
 stage never saw: a close-up (one shape filling 50-95 % of the canvas), line drawings
 (black outlines 1-3 pixels wide on white), and one shape filling 80-97 % of a square
 canvas in both directions, filled or drawn with a 1-3 pixel pen. Deterministic by the
