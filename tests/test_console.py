@@ -4,6 +4,7 @@ Screenshots of each page land in ``.pytest_cache/console/``."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import zipfile
@@ -151,6 +152,15 @@ def test_detect_draws_what_the_api_finds_and_filters_on_the_page(page, stack, tm
     top = max(d["conf"] for d in drawn)
     page.fill("#conf", f"{min(top + 0.01, 1):.2f}")
     assert len(_boxes(page)) == 0
+    # Nothing shown: the page names the highest score below the slider and shows it.
+    best = max(drawn, key=lambda d: d["conf"])
+    note = page.inner_text("#results article:first-child .none-shown")
+    said = re.search(r"highest below it: (\w+), (\d\.\d+)", note)
+    assert said and said[1] == best["cls"] and abs(float(said[2]) - best["conf"]) <= 0.005, note
+    page.screenshot(path=SHOTS / "detect-none-shown.png")
+    page.click("#results article:first-child button.show-best")
+    assert float(page.input_value("#conf")) <= best["conf"]
+    assert best["cls"] in [b["cls"] for b in _boxes(page)]
     page.fill("#conf", f"{conf:.2f}")
     assert len(_boxes(page)) == len(drawn)
     first = drawn[0]["cls"]

@@ -169,7 +169,24 @@ function renderOne(img, index, conf, iouMax) {
         el("caption", { class: "visually-hidden" }, "Detections"),
         el("thead", {}, el("tr", {}, el("th", { scope: "col" }, "Class"), el("th", { scope: "col", class: "num" }, "Score"), el("th", { scope: "col", class: "num" }, "Box (x1, y1, x2, y2)"))),
         el("tbody", {}, ...rows)),
-      shown.length ? null : el("p", {}, "No detection at this confidence.")));
+      shown.length ? null : nothingShown(result, iouMax)));
+}
+
+// Nothing passes the slider: say what scored highest below it, and offer to show it (a
+// shape that fills the picture can score under the calibrated threshold).
+function nothingShown(result, iouMax) {
+  const best = filter(result.detections, 0, iouMax, state.hidden)[0];
+  if (!best) return el("p", { class: "none-shown" }, "No detection at this confidence.");
+  const from = Math.floor(best.confidence * 100) / 100; // the slider's step, at or below it
+  return el("p", { class: "none-shown" },
+    `No detection at this confidence. The highest below it: ${best.class_name}, ${best.confidence.toFixed(2)}. `,
+    el("button", { type: "button", class: "show-best", onclick: () => setConf(from) }, `Show from ${from.toFixed(2)}`));
+}
+
+function setConf(value) {
+  document.getElementById("conf").value = value;
+  state.confTouched = true;
+  renderAll();
 }
 
 function truthRect(t, unit) {
