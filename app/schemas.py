@@ -370,6 +370,12 @@ class JobRequest(BaseModel):
     augment: bool = Field(
         FINETUNE.augment, description="random scale, shift, flip and colour (the paper's)"
     )
+    keep_whole: float = Field(
+        FINETUNE.keep_whole,
+        **UP_TO_ONE,
+        description="the share of augmented images scaled and shifted so that no object "
+        "lying wholly inside the image is cut (for objects that nearly fill it)",
+    )
     shuffle_labels: bool = Field(
         FINETUNE.shuffle_labels, description="darknet's rule for objects that share a cell"
     )

@@ -27,6 +27,7 @@ def scale_translate(
     *,
     jitter: float = 0.2,
     flip: bool | None = False,
+    keep_whole: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``img`` ``(H, W, 3)`` uint8, ``labels`` ``(k, 5)`` (class, cx, cy, w, h) fractions.
 
@@ -34,11 +35,15 @@ def scale_translate(
     to ``jitter`` of the image in x and y, bilinear, grey where the image has no
     pixels. Boxes are clipped to the image; a box keeping less than 40% of its area is
     dropped. ``flip``: then mirror left to right (None: with probability 1/2, drawn
-    after the scale and shift), as :func:`hflip` would.
+    after the scale and shift), as :func:`hflip` would. ``keep_whole``: the same draws,
+    narrowed (:func:`whole_scale_shift`) so that no object lying wholly inside the image
+    is cut.
     """
     H, W = img.shape[:2]
     s = rng.uniform(1 - jitter, 1 + jitter)
     tx, ty = rng.uniform(-jitter, jitter, 2)
+    if keep_whole:
+        s, tx, ty = whole_scale_shift(labels, s, tx, ty, jitter)
     if flip is None:
         flip = bool(rng.random() < 0.5)
     # Each output pixel reads the input at in = (out - centre - t) / s + centre, in
@@ -66,6 +71,46 @@ def scale_translate(
     if flip:
         new[:, 1] = 1.0 - new[:, 1]
     return out, new[keep]
+
+
+def whole_scale_shift(
+    labels: np.ndarray, s: float, tx: float, ty: float, jitter: float
+) -> tuple[float, float, float]:
+    """A scale ``s`` and shift ``(tx, ty)`` drawn as :func:`scale_translate` draws them,
+    moved so that the objects of ``labels`` ``(k, 5)`` that lie wholly inside the image
+    (none of their sides on its border) stay inside: the scale's draw is mapped onto the
+    scales at which their union fits, then each shift's onto the shifts that keep it in
+    (uniform draws stay uniform). The paper's scaling and shifting cuts most objects
+    that nearly fill the image, so a model seldom sees one whole; with this it does. No
+    whole object: the draws as they came."""
+    lab = np.asarray(labels, dtype=np.float64).reshape(-1, 5)
+    x1, x2 = lab[:, 1] - lab[:, 3] / 2, lab[:, 1] + lab[:, 3] / 2
+    y1, y2 = lab[:, 2] - lab[:, 4] / 2, lab[:, 2] + lab[:, 4] / 2
+    edge = 1e-3  # a side this close to the border is on it: the object is cut already
+    whole = (x1 > edge) & (y1 > edge) & (x2 < 1 - edge) & (y2 < 1 - edge)
+    if not whole.any():
+        return s, tx, ty
+    ux1, uy1, ux2, uy2 = x1[whole].min(), y1[whole].min(), x2[whole].max(), y2[whole].max()
+
+    def onto(v: float, a: float, b: float) -> float:
+        # v, drawn uniform in [-jitter, jitter], moved uniformly onto [a, b]
+        if jitter == 0:
+            return min(max(v, a), b)
+        return a + (v + jitter) / (2 * jitter) * (b - a)
+
+    # the union no larger than the image (cap >= 1: the whole objects are inside it)
+    cap = min(1 / (ux2 - ux1), 1 / (uy2 - uy1))
+    s = 1 + onto(s - 1, -jitter, min(jitter, cap - 1))
+
+    def shift(t: float, lo_side: float, hi_side: float) -> float:
+        # x -> (x - 0.5) * s + 0.5 + t keeps [lo_side, hi_side] in [0, 1] for t in [lo, hi]
+        lo, hi = -(lo_side - 0.5) * s - 0.5, 0.5 - (hi_side - 0.5) * s
+        a, b = max(lo, -jitter), min(hi, jitter)
+        if a > b:  # the whole objects sit further off-centre than jitter shifts
+            a, b = lo, hi
+        return onto(t, a, b)
+
+    return s, shift(tx, ux1, ux2), shift(ty, uy1, uy2)
 
 
 def hsv_jitter(img: np.ndarray, rng: np.random.Generator, *, factor: float = 1.5) -> np.ndarray:
@@ -105,8 +150,11 @@ def hflip(img: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def augment(
-    img: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+    img: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *, keep_whole: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The full training augmentation of one ``(H, W, 3)`` uint8 image and its labels."""
-    img, labels = scale_translate(img, labels, rng, flip=None)
+    """The full training augmentation of one ``(H, W, 3)`` uint8 image and its labels;
+    ``keep_whole``: the share of images whose scaling and shifting cut no whole object
+    (drawn only when above 0, so that the paper's augmentation draws as it always did)."""
+    whole = keep_whole > 0 and bool(rng.random() < keep_whole)
+    img, labels = scale_translate(img, labels, rng, flip=None, keep_whole=whole)
     return hsv_jitter(img, rng), labels

@@ -89,6 +89,9 @@ class TrainConfig:
     lambda_noobj: float = 0.5
     confidence_target: str = "iou"
     augment: bool = True
+    # The share of augmented images whose scaling and shifting cut no object that lies
+    # wholly inside the image (model.augment.whole_scale_shift); 0: the paper's alone.
+    keep_whole: float = 0.0
     # darknet shuffles an image's labels on every load, so any object of a shared
     # cell may be the one trained; off: the first listed always wins (docs/loss.md).
     shuffle_labels: bool = True
@@ -136,6 +139,8 @@ class TrainConfig:
             raise ValueError(f"keep must be best or last, got {self.keep!r}")
         if self.freeze_layers < 0:
             raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
+        if not 0.0 <= self.keep_whole <= 1.0:
+            raise ValueError(f"keep_whole must be in [0, 1], got {self.keep_whole}")
         if not 0.0 <= self.keep_base < 1.0:
             raise ValueError(f"keep_base must be in [0, 1), got {self.keep_base}")
 

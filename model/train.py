@@ -181,7 +181,7 @@ def batch_arrays(
             if tc.shuffle_labels and len(lab) > 1:
                 lab = lab[rng.permutation(len(lab))]
             if tc.augment:
-                img, lab = augment(img, lab, rng)
+                img, lab = augment(img, lab, rng, keep_whole=tc.keep_whole)
         imgs.append(img)
         labs.append(torch.from_numpy(np.asarray(lab, dtype=np.float32)))
     return np.stack(imgs), labs  # (n, H, W, 3)

@@ -271,6 +271,46 @@ def test_a_flip_is_hflip_of_the_same_scaling_and_shift():
         assert np.array_equal(both, flipped) and np.array_equal(moved, fl)
 
 
+def test_keep_whole_leaves_a_shape_that_fills_the_image_whole():
+    # A white square of 90 % of a black canvas: the paper's scaling and shifting cut it in
+    # most draws; kept whole, its pixels and its box stay inside, on the same draws.
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[5:95, 5:95] = 255
+    lab = np.array([[0, 0.5, 0.5, 0.9, 0.9]])
+
+    def whole(box: np.ndarray) -> bool:
+        # a cut box is clipped to the border, so one of its sides lies on it
+        (x1, y1), (x2, y2) = box[1:3] - box[3:] / 2, box[1:3] + box[3:] / 2
+        return bool(min(x1, y1) > 0 and max(x2, y2) < 1)
+
+    cut = 0
+    for seed in range(40):
+        _, paper = scale_translate(img, lab, np.random.default_rng(seed), flip=None)
+        cut += len(paper) == 0 or not whole(paper[0])
+        rng = np.random.default_rng(seed)
+        out, new = scale_translate(img, lab, rng, flip=None, keep_whole=True)
+        assert whole(new[0]) and new[0, 3] == pytest.approx(new[0, 4]), (seed, new)
+        assert np.allclose(new[0, 1:], _white_box(out), atol=0.03)
+    assert cut >= 20
+    # An object on the border is cut already: it does not hold the draws back.
+    edge = np.array([[0, 0.25, 0.5, 0.5, 0.5]])
+    rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+    a = scale_translate(img, edge, rng_a)
+    b = scale_translate(img, edge, rng_b, keep_whole=True)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_augment_without_keep_whole_draws_as_before():
+    # keep_whole 0 draws nothing more: a job's augmentation, seeded, is what it was.
+    from model.augment import augment
+
+    img, lab = _blob_image()
+    out, _ = augment(img, lab, np.random.default_rng(5))
+    rng = np.random.default_rng(5)
+    moved, _ = scale_translate(img, lab, rng, flip=None)
+    assert np.array_equal(out, hsv_jitter(moved, rng))
+
+
 def test_hsv_jitter_keeps_hue_and_scales_value():
     img = np.array([[[200, 100, 50]]], dtype=np.uint8)
     out = hsv_jitter(img, np.random.default_rng(0)).astype(float)[0, 0]

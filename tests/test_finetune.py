@@ -86,6 +86,19 @@ def test_blend_moves_known_weights_back_and_keeps_new_outputs():
     assert torch.allclose(out[weight][5 * new.B + 2], start[weight][5 * new.B + 2] + 0.75)
 
 
+def test_every_training_field_of_a_job_is_a_field_of_the_api_request():
+    # A hyperparameter the trainer takes (jobs.spec passes them through by name) and the
+    # API's schema lacks could not be set, nor be seen in the console's "All options".
+    from app.schemas import JobRequest
+    from jobs.spec import TRAIN_FIELDS
+
+    fields = JobRequest.model_fields
+    assert [f for f in TRAIN_FIELDS if f not in fields] == []
+    assert {f: fields[f].default for f in TRAIN_FIELDS} == {
+        f: getattr(FINETUNE, f) for f in TRAIN_FIELDS
+    }
+
+
 def test_registry_atomic_versions_checksums_and_active(tmp_path):
     store = ModelStore(tmp_path)
     assert store.ensure_default(DEFAULT_MODEL) == 1
