@@ -38,7 +38,7 @@ PRESETS = {
         "learning_rate": 1e-4,
         "ema_decay": 0.999,
         "keep_whole": 0.5,
-    },  # fmt: skip
+    },
     "smoke": dict(
         arch="tiny-yolov1",
         input_size=64,
