@@ -17,8 +17,10 @@ A version is written to a temporary folder and renamed into place, and
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -29,6 +31,12 @@ from typing import Any
 FILES = ("model.onnx", "model.json", "model.pt", "model.int8.onnx", "model.int8.json")
 # The store `make run` and the worker use unless YOLOV1_MODEL_STORE says otherwise.
 DEFAULT_STORE = Path(__file__).resolve().parents[1] / "registry"
+
+
+log = logging.getLogger(__name__)
+
+# The source of a version registered from the shipped default model (ensure_default).
+SHIPPED = "shipped default model"
 
 
 class RegistryError(ValueError):
@@ -141,8 +149,24 @@ class ModelStore:
         return removed
 
     def ensure_default(self, default_onnx: Path) -> int:
-        """Register the shipped default model as version 1 when the store is empty."""
-        if not self.versions():
+        """Register the shipped default model: as version 1 in an empty store, and again
+        as a new version when the shipped one has changed since (a new release of the
+        service). The new one is activated only while the store serves a shipped default
+        model: a version someone trained or chose stays served. Returns the active one.
+        Replicas starting together on one store register it once (a file lock)."""
+        with open(self.root / ".ensure-default.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._ensure_default(default_onnx)
+
+    def _ensure_default(self, default_onnx: Path) -> int:
+        shipped = [v for v in self.versions() if self.meta(v).get("source") == SHIPPED]
+        # Every shipped model the store has registered, pruned ones too (a pruned release
+        # does not come back at the next start).
+        seen_file = self.root / "shipped-sha256"
+        seen = set(seen_file.read_text().split()) if seen_file.exists() else set()
+        seen |= {self.meta(v).get("sha256", {}).get("model.onnx") for v in shipped}
+        digest = _sha256(default_onnx)
+        if digest not in seen:
             files = {"model.onnx": default_onnx, "model.json": default_onnx.with_suffix(".json")}
             for name, src in (
                 ("model.pt", default_onnx.with_suffix(".pt")),
@@ -151,9 +175,16 @@ class ModelStore:
             ):
                 if src.exists():
                     files[name] = src
-            self.register(
-                files, {"name": "default", "parent": None, "source": "shipped default model"}
-            )
+            active = self.active_version()
+            version = self.register(files, {"name": "default", "parent": None, "source": SHIPPED})
+            with open(seen_file, "a") as f:
+                f.write(digest + "\n")
+            if active is None or active in shipped:
+                self.set_active(version)
+            if shipped:
+                log.info("the shipped default model has changed: registered as version %d, %s",
+                         version, "active" if self.active_version() == version
+                         else f"version {active} stays active")  # fmt: skip
         if self.active_version() is None:
             self.set_active(self.versions()[0])
         return self.active_version()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -120,6 +121,36 @@ def test_registry_atomic_versions_checksums_and_active(tmp_path):
         store.verify(2)
     with pytest.raises(RegistryError, match="does not exist"):
         store.set_active(9)
+
+
+def test_a_new_release_of_the_default_model_is_registered_and_served(tmp_path):
+    # A store seeded by an earlier release: the shipped model's files have changed since.
+    from model.export import update_metadata
+
+    store = ModelStore(tmp_path / "store")
+    assert store.ensure_default(DEFAULT_MODEL) == 1
+    assert store.ensure_default(DEFAULT_MODEL) == 1 and store.versions() == [1]
+    release = tmp_path / "release"
+    release.mkdir()
+    for p in DEFAULT_MODEL.parent.iterdir():
+        shutil.copyfile(p, release / p.name)
+    update_metadata(release / "model.onnx", release_note="retrained")
+    # It still served the shipped model: the new one is served, the old one kept.
+    assert store.ensure_default(release / "model.onnx") == 2
+    assert store.verify(2)["source"] == store.verify(1)["source"] == "shipped default model"
+    assert store.ensure_default(release / "model.onnx") == 2 and store.versions() == [1, 2]
+    # A version someone trained or chose stays served; the release is only registered.
+    mine = store.register(
+        {"model.onnx": DEFAULT_MODEL, "model.json": DEFAULT_MODEL.with_suffix(".json")},
+        {"name": "mine", "parent": 1},
+    )
+    store.set_active(mine)
+    update_metadata(release / "model.onnx", release_note="retrained again")
+    assert store.ensure_default(release / "model.onnx") == mine
+    assert store.versions() == [1, 2, 3, 4] and store.verify(4)["source"] == "shipped default model"
+    # A release pruned away is not registered again at the next start.
+    assert store.prune(0) == [2, 4] and store.versions() == [1, 3]
+    assert store.ensure_default(release / "model.onnx") == mine and store.versions() == [1, 3]
 
 
 def test_run_finetune_registers_a_version_with_a_rebuilt_head(tmp_path):
