@@ -48,23 +48,23 @@ def held_out_scorer(held: Path, cfg: ModelConfig, tc: TrainConfig) -> Callable:
     return score
 
 
-def trajectory(seed: int, epochs: int, base: Path) -> list[Row]:
-    data = write_scenes(base / "job", 200, NEW_JOB, OLD + NEW)
-    held = write_scenes(base / "held", NEW_HELD_OUT_IMAGES, NEW_HELD_OUT, OLD + NEW)
+def trajectory(data: Path, held: Path, base: Path, overrides: dict, every: int = 1) -> list[Row]:
+    """A job on ``data`` with the defaults but for ``overrides``, run for its whole
+    schedule (no early stopping); epoch 0 and every ``every``-th epoch's kept weights,
+    ``keep_base`` applied as the job applies it, scored on ``held``."""
     store = ModelStore(base / "store")
     store.ensure_default(DEFAULT_MODEL)
-    no_stop = {"early_stop_patience": 0, "epochs": epochs, "seed": seed}
     spec = JobSpec(
         dataset_format="yolo",
         dataset_path=data,
-        train=TrainConfig(**{**FINETUNE.to_dict(), **no_stop}),
+        train=TrainConfig(**{**FINETUNE.to_dict(), "early_stop_patience": 0, **overrides}),
     )
     run, snaps = base / "run", base / "snaps"
     snaps.mkdir()
 
-    def snapshot(p: dict) -> None:  # each epoch's kept weights, as last.pt has them
+    def snapshot(p: dict) -> None:  # the epoch's kept weights, as last.pt has them
         m = p.get("epoch_metrics")
-        if m and m["epoch"] > 0:
+        if m and m["epoch"] > 0 and m["epoch"] % every == 0:
             ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
             torch.save(ckpt["model"], snaps / f"{m['epoch']}.pt")
 
@@ -74,7 +74,7 @@ def trajectory(seed: int, epochs: int, base: Path) -> list[Row]:
     score = held_out_scorer(held, cfg, spec.train)
     history = json.loads((run / "metrics.json").read_text())
     rows = []
-    for epoch in range(out.epochs_trained + 1):
+    for epoch in range(0, out.epochs_trained + 1, every):
         w = start
         if epoch:
             w = torch.load(snaps / f"{epoch}.pt", map_location="cpu")
@@ -113,7 +113,10 @@ def main() -> None:
     setup_logging()
     seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     epochs = int(sys.argv[2]) if len(sys.argv) > 2 else FINETUNE.epochs
-    rows = trajectory(seed, epochs, Path(tempfile.mkdtemp(prefix="bench-keep-")))
+    base = Path(tempfile.mkdtemp(prefix="bench-keep-"))
+    data = write_scenes(base / "job", 200, NEW_JOB, OLD + NEW)
+    held_out = write_scenes(base / "held", NEW_HELD_OUT_IMAGES, NEW_HELD_OUT, OLD + NEW)
+    rows = trajectory(data, held_out, base, {"epochs": epochs, "seed": seed})
     held = np.array([r["held"] for r in rows])
     top = 1 + int(held[1:].argmax())
     log.info(

@@ -11,24 +11,20 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
-import torch
 from bench_finetune import (
     IN_DOMAIN_HELD_OUT,
     IN_DOMAIN_JOB,
     NEW_HELD_OUT,
     NEW_HELD_OUT_IMAGES,
     NEW_JOB,
-    fresh_store,
 )
-from bench_keep import held_out_scorer
+from bench_keep import trajectory
 from common import log, setup_logging
 from scenes import NEW, OLD, write_scenes
 
-from model.config import FINETUNE, JobSpec, TrainConfig
-from model.finetune import blend, load_job_dataset, prepare_model, run_finetune
+from model.config import FINETUNE
 
 
 def data_sets(case: str, base: Path) -> tuple[Path, Path]:
@@ -50,33 +46,13 @@ def main() -> None:
     overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     base = Path(tempfile.mkdtemp(prefix="bench-trajectory-"))
     data, held = data_sets(case, base)
-    store = fresh_store(base, "store")
-    tc = TrainConfig(**{**FINETUNE.to_dict(), "early_stop_patience": 0, **overrides})
-    spec = JobSpec(dataset_format="yolo", dataset_path=data, train=tc)
-    run, snaps = base / "run", base / "snaps"
-    snaps.mkdir()
-    every = max(1, tc.epochs // 8)
-
-    def snapshot(p: dict) -> None:  # the epoch's kept weights, as last.pt has them
-        m = p.get("epoch_metrics")
-        if m and m["epoch"] > 0 and m["epoch"] % every == 0:
-            ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
-            torch.save(ckpt["model"], snaps / f"{m['epoch']}.pt")
-
-    run_finetune(spec, run, store, progress=snapshot)
-    cfg, start, base_classes = prepare_model(store, spec, load_job_dataset(spec))
-    old = replace(cfg, class_names=base_classes, C=len(base_classes))
-    score = held_out_scorer(held, cfg, tc)
-    history = json.loads((run / "metrics.json").read_text())
-    held0, ap0 = score(start)
-    log.info("%s %s: epoch 0 held-out mAP@0.5 %.4f", case, overrides, held0)
-    for epoch in sorted(int(p.stem) for p in snaps.glob("*.pt")):
-        w = blend(torch.load(snaps / f"{epoch}.pt"), start, tc.keep_base, old, cfg)
-        held_map, ap = score(w)
+    epochs = overrides.get("epochs", FINETUNE.epochs)
+    rows = trajectory(data, held, base, overrides, every=max(1, epochs // 8))
+    for r in rows:
         log.info(
             "%s %s: epoch %d held-out mAP@0.5 %.4f (val %.4f), worst old class %+.4f",
-            case, overrides, epoch, held_map, history[epoch]["val_map"],
-            min(ap[c] - ap0[c] for c in OLD),
+            case, overrides, r["epoch"], r["held"], r["val_map"],
+            min(r["ap"][c] - rows[0]["ap"][c] for c in OLD),
         )  # fmt: skip
 
 
