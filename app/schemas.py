@@ -350,6 +350,11 @@ class JobRequest(BaseModel):
         description="validate and keep a moving average of the weights with this decay "
         "per step (0: the weights as trained)",
     )
+    ema_warmup: bool = Field(
+        FINETUNE.ema_warmup,
+        description="ramp the average's decay up from 0 over the first steps, so that it "
+        "soon leaves its starting weights (for random ones; a job starts from a trained model)",
+    )
     keep_base: float = Field(
         FINETUNE.keep_base,
         **BELOW_ONE,

@@ -120,6 +120,12 @@ class TrainConfig:
     # Validate, keep and export an exponential moving average of the weights with this
     # decay per step (0: the weights as trained). It smooths the last epochs' noise.
     ema_decay: float = 0.0
+    # Ramp the average's decay up from 0 over the first steps ((1 + n) / (10 + n)), so
+    # that it soon forgets randomly initialised weights. Off for fine-tuning: there the
+    # starting weights are a trained model, and an average that keeps them through the
+    # first epochs' upheaval is what the job should validate (a short job's decay is
+    # then capped: model.train.average_decay).
+    ema_warmup: bool = True
     # Fine-tuning: move the kept weights this share of the way back to the base model's
     # (WiSE-FT); outputs of classes the base does not know stay as trained.
     keep_base: float = 0.0
@@ -153,7 +159,8 @@ class TrainConfig:
 
 
 # Fine-tuning jobs start from a trained model: AdamW at 1e-3 for the whole network, a
-# moving average of the weights (decay 0.99 a step), 80 epochs whose last is kept (on
+# moving average of the weights (decay 0.995 a step from the first, starting at the base
+# model's weights), 80 epochs whose last is kept (on
 # a 40-image validation split the best epoch is a spike of noise; the end of the
 # cosine scored higher on held-out data in every run), given up after 20 epochs if none
 # has beaten the base model; the kept average, a tenth of the way back to the base
@@ -168,7 +175,8 @@ FINETUNE = TrainConfig(
     backbone_lr_scale=1.0,
     keep="last",
     early_stop_patience=20,
-    ema_decay=0.99,
+    ema_decay=0.995,
+    ema_warmup=False,
     keep_base=0.1,
 )
 

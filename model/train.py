@@ -332,20 +332,37 @@ def build_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=tc.learning_rate, fused=True)
 
 
+def steps_per_epoch(images: int, tc: TrainConfig) -> int:
+    """Optimizer steps in an epoch of ``images`` training images (the last batch short)."""
+    return max(1, math.ceil(images / tc.batch_size))
+
+
+def average_decay(tc: TrainConfig, total_steps: int) -> float:
+    """The weight average's decay per step for a run of ``total_steps``: ``ema_decay``,
+    but without warm-up at most ``1 - 1 / total_steps``, so that a short job's average
+    ends at least 1 - 1/e (63 %) trained instead of mostly its starting weights."""
+    if tc.ema_warmup:
+        return tc.ema_decay
+    return min(tc.ema_decay, 1.0 - 1.0 / total_steps)
+
+
 class WeightAverage:
     """An exponential moving average of a model's weights (and batch-norm statistics).
 
-    The decay ramps up from 0 over the first steps (``(1 + n) / (10 + n)`` until it
-    reaches ``decay``), so a short job's average is not dominated by its start."""
+    With ``warmup`` the decay ramps up from 0 over the first steps (``(1 + n) / (10 + n)``
+    until it reaches ``decay``), so that the average soon leaves random starting weights;
+    without it the average starts from the model's weights at full decay."""
 
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = True) -> None:
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay, self.updates = decay, 0
+        self.decay, self.warmup, self.updates = decay, warmup, 0
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        d = self.decay
+        if self.warmup:
+            d = min(d, (1 + self.updates) / (10 + self.updates))
         avgs, nows = [], []
         for avg, now in zip(
             self.module.state_dict().values(), model.state_dict().values(), strict=True
@@ -417,7 +434,7 @@ class Batches:
         device: torch.device | None = None,
     ) -> None:
         self.data, self.cfg, self.tc = data, cfg, tc
-        self.steps = max(1, math.ceil(len(data.train_images) / tc.batch_size))
+        self.steps = steps_per_epoch(len(data.train_images), tc)
         self.workers = workers
         self.device = device or torch.device("cpu")
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="batches")
@@ -584,7 +601,10 @@ def train(
     log.info("training on %s (bf16 autocast: %s)", device, use_amp(tc, model_cfg, device))
     model = build_network(model_cfg, tc, init_weights, device)
     opt = build_optimizer(model, tc)
-    ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay > 0 else None
+    ema = None
+    if tc.ema_decay > 0:
+        total = tc.epochs * steps_per_epoch(len(data.train_images), tc)
+        ema = WeightAverage(model, average_decay(tc, total), tc.ema_warmup)
     state = restore(resume, model, opt, ema) if resume is not None else Progress()
     scored = model if ema is None else ema.module  # what is validated, kept and exported
     last_path, best_path = out / "last.pt", out / "best.pt"

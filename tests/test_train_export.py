@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -115,6 +116,32 @@ def test_resume_continues_exactly(small_data, tmp_path, ema_decay):
         assert "trained_model" not in b
     assert resumed.history[-1].train == full.history[-1].train
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_weight_average_starts_from_the_weights_unless_warming_up(warmup):
+    from model.train import WeightAverage
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(net.weight, 0.0)
+    avg = WeightAverage(net, decay=0.9, warmup=warmup)
+    torch.nn.init.constant_(net.weight, 1.0)
+    avg.update(net)
+    # The first step: with the ramp, decay (1 + 1) / (10 + 1) leaves 2/11 of the start;
+    # without it (fine-tuning, where the start is a trained model) 0.9 of it stays.
+    kept = 2 / 11 if warmup else 0.9
+    assert avg.module.weight.item() == pytest.approx(1 - kept)
+
+
+def test_a_short_jobs_average_ends_mostly_trained():
+    from model.train import average_decay
+
+    job = TrainConfig(ema_decay=0.995, ema_warmup=False)
+    # 80 epochs of 10 or of 3 steps (the fine-tuning bench's two cases): as set.
+    assert average_decay(job, 800) == average_decay(job, 240) == 0.995
+    for steps in (1, 5, 30, 199):  # shorter: what is left of the start is at most 1/e
+        assert average_decay(job, steps) ** steps <= math.exp(-1)
+    assert average_decay(TrainConfig(ema_decay=0.995), 5) == 0.995  # the ramp does that
 
 
 def test_cancel_check_stops_training(small_data, tmp_path):
