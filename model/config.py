@@ -163,9 +163,10 @@ class TrainConfig:
 # model's weights), 80 epochs whose last is kept (on
 # a 40-image validation split the best epoch is a spike of noise; the end of the
 # cosine scored higher on held-out data in every run), given up after 20 epochs if none
-# has beaten the base model; the kept average, a tenth of the way back to the base
-# weights, is the result. Measured in bench/bench_finetune.py against the
-# alternatives; README's fine-tuning section has the figures.
+# has beaten the base model; the kept average is the result (no keep_base blend: the
+# average already holds the base, and blending it in again cost mAP). Measured in
+# bench/bench_finetune.py against the alternatives; README's fine-tuning section has
+# the figures.
 FINETUNE = TrainConfig(
     epochs=80,
     batch_size=16,
@@ -177,7 +178,6 @@ FINETUNE = TrainConfig(
     early_stop_patience=20,
     ema_decay=0.995,
     ema_warmup=False,
-    keep_base=0.1,
 )
 
 

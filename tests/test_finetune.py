@@ -167,7 +167,10 @@ def test_run_finetune_registers_a_version_with_a_rebuilt_head(tmp_path):
         dataset_path=data,
         val_fraction=0.25,
         int8=True,
-        train=TrainConfig(**{**FINETUNE.to_dict(), "epochs": 3, "batch_size": 4, "augment": False}),
+        train=TrainConfig(
+            **{**FINETUNE.to_dict(), "epochs": 3, "batch_size": 4, "augment": False,
+               "keep_base": 0.1}  # fmt: skip
+        ),
     )
     seen = []
     out = run_finetune(spec, tmp_path / "run", store, progress=seen.append)
