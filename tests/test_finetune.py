@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from model.config import FINETUNE, JobSpec, ModelConfig, TrainConfig
+from model.config import FINETUNE, JobSpec, ModelConfig
 from model.finetune import adapt_head, run_finetune
 from model.networks import build_model
 from model.registry import ModelStore, RegistryError
@@ -167,10 +167,7 @@ def test_run_finetune_registers_a_version_with_a_rebuilt_head(tmp_path):
         dataset_path=data,
         val_fraction=0.25,
         int8=True,
-        train=TrainConfig(
-            **{**FINETUNE.to_dict(), "epochs": 3, "batch_size": 4, "augment": False,
-               "keep_base": 0.1}  # fmt: skip
-        ),
+        train=replace(FINETUNE, epochs=3, batch_size=4, augment=False, keep_base=0.1),
     )
     seen = []
     out = run_finetune(spec, tmp_path / "run", store, progress=seen.append)
