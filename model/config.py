@@ -159,10 +159,10 @@ class TrainConfig:
 
 
 # Fine-tuning jobs start from a trained model: AdamW at 1e-3 for the whole network, a
-# moving average of the weights (decay 0.995 a step from the first, starting at the base
-# model's weights), 80 epochs whose last is kept (on
-# a 40-image validation split the best epoch is a spike of noise; the end of the
-# cosine scored higher on held-out data in every run), given up after 20 epochs if none
+# moving average of the weights (decay 0.995 a step from the first, starting at the
+# base model's weights), 80 epochs whose last is kept (on a 40-image validation split
+# the best epoch is a spike of noise; the end of the cosine scored higher on held-out
+# data in every run), given up after 20 epochs if none
 # has beaten the base model; the kept average is the result (no keep_base blend: the
 # average already holds the base, and blending it in again cost mAP). Measured in
 # bench/bench_finetune.py against the alternatives; README's fine-tuning section has
